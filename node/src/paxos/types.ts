@@ -81,7 +81,12 @@ export type Message =
   /** Phase 2b. */
   | { readonly type: "accepted"; readonly ballot: Ballot; readonly instances: readonly number[] }
   /** A refusal: the acceptor has promised `promised`, which is higher than the ballot asked for. */
-  | { readonly type: "reject"; readonly ballot: Ballot; readonly promised: Ballot; readonly master: MemberId | null }
+  | {
+      readonly type: "reject";
+      readonly ballot: Ballot;
+      readonly promised: Ballot;
+      readonly master: MemberId | null;
+    }
   /**
    * The master's heartbeat and commit notice: every instance in [from, to] was chosen at `ballot`
    * by a majority that accepted exactly this ballot; instances below `from` are chosen too, but
