@@ -4,7 +4,7 @@
 // members whose clocks run at different rates. Every run checks the safety invariants as it goes
 // and liveness once the faults stop.
 
-import { CHOSEN_BALLOT, type CoreEvent, PaxosCore, type Ready, type Timing } from "../../src/paxos/core.js";
+import { type CoreEvent, PaxosCore, type Ready, type Timing } from "../../src/paxos/core.js";
 import type { Ballot, ChosenEntry, Envelope, LogRecord, MemberId, Value } from "../../src/paxos/types.js";
 import { ZERO_BALLOT } from "../../src/paxos/types.js";
 
