@@ -57,6 +57,12 @@ export class Writer {
     return this;
   }
 
+  /** A position in the log that may be -1 ("none yet"), such as a chosen point. */
+  point(v: number): this {
+    if (!Number.isSafeInteger(v) || v < -1) throw new CodecError(`not a log position: ${v}`);
+    return this.uint(v + 1);
+  }
+
   bytes(v: Uint8Array): this {
     this.u32(v.length);
     this.reserve(v.length);
@@ -106,6 +112,10 @@ export class Reader {
     this.pos += 8;
     if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new CodecError("integer out of range");
     return Number(v);
+  }
+
+  point(): number {
+    return this.uint() - 1;
   }
 
   bytes(): Uint8Array {
@@ -242,7 +252,7 @@ export function writeMessageBody(w: Writer, m: Message): void {
       return;
     case "promise":
       writeBallot(w, m.ballot);
-      w.uint(m.chosenUpTo);
+      w.point(m.chosenUpTo);
       writeAcceptedEntries(w, m.accepted);
       return;
     case "accept":
@@ -261,20 +271,20 @@ export function writeMessageBody(w: Writer, m: Message): void {
       return;
     case "commit":
       writeBallot(w, m.ballot);
-      w.uint(m.from).uint(m.to).uint(m.readSeq);
+      w.uint(m.from).point(m.to).uint(m.readSeq);
       return;
     case "commitAck":
       writeBallot(w, m.ballot);
       w.u8(m.ok ? 1 : 0)
         .uint(m.readSeq)
-        .uint(m.chosenUpTo);
+        .point(m.chosenUpTo);
       return;
     case "learnRequest":
       w.uint(m.from);
       return;
     case "learnReply":
       writeChosenEntries(w, m.entries);
-      w.uint(m.chosenUpTo);
+      w.point(m.chosenUpTo);
       return;
   }
 }
@@ -286,7 +296,7 @@ export function readMessageBody(code: number, r: Reader): Message {
       m = { type: "prepare", ballot: readBallot(r), from: r.uint() };
       break;
     case MESSAGE_TYPE_CODES.promise:
-      m = { type: "promise", ballot: readBallot(r), chosenUpTo: r.uint(), accepted: readAcceptedEntries(r) };
+      m = { type: "promise", ballot: readBallot(r), chosenUpTo: r.point(), accepted: readAcceptedEntries(r) };
       break;
     case MESSAGE_TYPE_CODES.accept:
       m = { type: "accept", ballot: readBallot(r), entries: readChosenEntries(r) };
@@ -307,16 +317,22 @@ export function readMessageBody(code: number, r: Reader): Message {
       break;
     }
     case MESSAGE_TYPE_CODES.commit:
-      m = { type: "commit", ballot: readBallot(r), from: r.uint(), to: r.uint(), readSeq: r.uint() };
+      m = { type: "commit", ballot: readBallot(r), from: r.uint(), to: r.point(), readSeq: r.uint() };
       break;
     case MESSAGE_TYPE_CODES.commitAck:
-      m = { type: "commitAck", ballot: readBallot(r), ok: r.bool(), readSeq: r.uint(), chosenUpTo: r.uint() };
+      m = {
+        type: "commitAck",
+        ballot: readBallot(r),
+        ok: r.bool(),
+        readSeq: r.uint(),
+        chosenUpTo: r.point(),
+      };
       break;
     case MESSAGE_TYPE_CODES.learnRequest:
       m = { type: "learnRequest", from: r.uint() };
       break;
     case MESSAGE_TYPE_CODES.learnReply:
-      m = { type: "learnReply", entries: readChosenEntries(r), chosenUpTo: r.uint() };
+      m = { type: "learnReply", entries: readChosenEntries(r), chosenUpTo: r.point() };
       break;
     default:
       throw new CodecError(`unknown message type ${code}`);

@@ -256,6 +256,21 @@ export function runSimulation(opts: SimOptions): SimResult {
 
   function processReady(m: Member, rd: Ready): void {
     for (const env of rd.sendNow) send(m.name, env);
+    // Like the runtime: chosen values are executed at once (they are durable on a quorum), and
+    // answers to clients go out with them; everything else waits for this Ready's fsync.
+    for (const c of rd.committed) {
+      execute(m, c.instance, c.value);
+      if (c.requestIds !== null) acknowledge(m, c.instance, c.value, c.requestIds);
+    }
+    for (const f of rd.failed) settleFailure(m, f.requestId);
+    for (const r of rd.readsReady) {
+      const before = m.pendingReads.get(r.requestId);
+      if (before === undefined) continue;
+      m.pendingReads.delete(r.requestId);
+      if (r.index < before) fail(`${m.name}: read index ${r.index} misses acknowledged instance ${before}`);
+      reads++;
+    }
+    for (const r of rd.readsFailed) m.pendingReads.delete(r.requestId);
     const life = m.life;
     const fsync = rd.persist !== null ? rng.between(0.2, 1.5) : 0;
     const at = Math.max(now, m.pipelineTail) + fsync;
@@ -277,19 +292,6 @@ export function runSimulation(opts: SimOptions): SimResult {
         if (env.to === m.name) queue.push(now, () => deliver(m.name, env.to, env.message, life));
         else send(m.name, env);
       }
-      for (const c of rd.committed) {
-        execute(m, c.instance, c.value);
-        if (c.requestIds !== null) acknowledge(m, c.instance, c.value, c.requestIds);
-      }
-      for (const f of rd.failed) settleFailure(m, f.requestId);
-      for (const r of rd.readsReady) {
-        const before = m.pendingReads.get(r.requestId);
-        if (before === undefined) continue;
-        m.pendingReads.delete(r.requestId);
-        if (r.index < before) fail(`${m.name}: read index ${r.index} misses acknowledged instance ${before}`);
-        reads++;
-      }
-      for (const r of rd.readsFailed) m.pendingReads.delete(r.requestId);
       for (const load of rd.loads) {
         const entries: ChosenEntry[] = [];
         for (let i = load.from; entries.length < LEARN_BATCH; i++) {
@@ -305,9 +307,16 @@ export function runSimulation(opts: SimOptions): SimResult {
   }
 
   function execute(m: Member, instance: number, value: Value): void {
+    const prev = chosenValues.get(instance);
+    // The state machine may be ahead of the synced chosen marks after a crash; such values are
+    // handed out again and must be the same.
+    if (instance <= m.executed) {
+      if (prev !== undefined && prev.id !== value.id)
+        fail(`instance ${instance} re-learned as ${value.id}, was ${prev.id}`);
+      return;
+    }
     if (instance !== m.executed + 1) fail(`${m.name} executes ${instance} after ${m.executed}`);
     m.executed = instance;
-    const prev = chosenValues.get(instance);
     if (prev === undefined) chosenValues.set(instance, value);
     else if (prev.id !== value.id) fail(`instance ${instance} chosen twice: ${prev.id} and ${value.id}`);
   }

@@ -1,0 +1,511 @@
+// Drives the pure core: feeds it events (ticks, peer messages, client requests), and carries out
+// its Ready in the order durability demands — persist (one group-committed, synced batch), then
+// send what depended on it, then execute chosen values in order, then answer clients.
+
+import { randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import type { Logger } from "pino";
+import {
+  type CommittedEntry,
+  type CoreEvent,
+  type FailureReason,
+  PaxosCore,
+  type Ready,
+  type Timing,
+} from "../paxos/core.js";
+import type { Message } from "../paxos/types.js";
+import type { Metrics } from "../server/metrics.js";
+import { type KvService, type NodeStatus, type ReadConsistency, ServiceError } from "../server/service.js";
+import { encodeKvCommand, type KvCommand } from "../sm/kv-command.js";
+import { KvStateMachine } from "../sm/kv-state-machine.js";
+import { PaxosLog } from "../storage/paxos-log.js";
+import { isCoreMessage, type PeerMessage } from "../transport/peer-message.js";
+import { PeerTransport } from "../transport/peer-transport.js";
+import { PendingRequests, ProgressWaiters } from "./waiters.js";
+
+export interface RuntimeOptions {
+  readonly member: string;
+  readonly group: string;
+  /** Every voter, self included: name -> "host:port" of its peer port. */
+  readonly peers: ReadonlyMap<string, string>;
+  readonly dataDir: string;
+  readonly host: string;
+  readonly peerPort: number;
+  readonly token?: string;
+  readonly holdCount: number;
+  readonly logger: Logger;
+  readonly metrics: Metrics;
+  readonly timing?: Partial<Timing>;
+  readonly window?: number;
+  /** How long a client write or read may wait before it is answered with a timeout. */
+  readonly requestTimeoutMs?: number;
+  /** Storage failed: the member cannot go on safely. The process entry exits 1. */
+  readonly onFatal: (error: Error) => void;
+}
+
+const TICK_MS = 10;
+const LEARN_BATCH_COUNT = 512;
+const LEARN_BATCH_BYTES = 4 * 1024 * 1024;
+/** A member further behind the master than this is not ready. */
+const READY_MAX_LAG = 1000;
+/** How long a request waits for a master to appear (an election) before 503. */
+const MASTER_WAIT_MS = 3000;
+
+type WriteResult = { instance: number };
+
+export class NodeRuntime implements KvService {
+  private readonly core: PaxosCore;
+  private readonly transport: PeerTransport;
+  private readonly executed: ProgressWaiters;
+  /** Writes proposed here, by core request id. */
+  private readonly proposals = new PendingRequests<WriteResult>();
+  /** Writes forwarded to the master, by forward request id. */
+  private readonly forwards = new PendingRequests<WriteResult>();
+  /** Read indexes asked of the local core. */
+  private readonly localReads = new PendingRequests<number>();
+  /** Read indexes asked of the master. */
+  private readonly remoteReads = new PendingRequests<number>();
+  private readonly proposedAt = new Map<number, number>();
+  private readonly requestTimeoutMs: number;
+  private readonly log: Logger;
+  private tickTimer: NodeJS.Timeout | null = null;
+  private flushScheduled = false;
+  /** Post-persist work of each Ready, strictly in order: each waits for the previous one. */
+  private pipeline: Promise<void> = Promise.resolve();
+  /** Chosen values are executed strictly in instance order. */
+  private execution: Promise<void> = Promise.resolve();
+  private closing = false;
+  private lastRole: string | null = null;
+
+  private constructor(
+    private readonly opts: RuntimeOptions,
+    private readonly paxosLog: PaxosLog,
+    private readonly sm: KvStateMachine,
+    recovered: Awaited<ReturnType<PaxosLog["recover"]>>,
+    private readonly replayedOnStart: number,
+    private readonly minKept: number,
+  ) {
+    this.log = opts.logger;
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? 10_000;
+    this.executed = new ProgressWaiters(sm.lastExecutedInstance());
+    this.core = new PaxosCore({
+      self: opts.member,
+      voters: [...opts.peers.keys()],
+      incarnation: randomBytes(6).toString("hex"),
+      random: Math.random,
+      now: performance.now(),
+      recovered,
+      ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
+      ...(opts.window !== undefined ? { window: opts.window } : {}),
+    });
+    const m = opts.metrics;
+    this.transport = new PeerTransport({
+      self: opts.member,
+      host: opts.host,
+      port: opts.peerPort,
+      ...(opts.token !== undefined ? { token: opts.token } : {}),
+      peers: opts.peers,
+      logger: opts.logger.child({ component: "transport" }),
+      events: {
+        rejectedFrame: (peer, reason) => m.rejectedFrames.inc({ peer, reason }),
+        linkState: (peer, state) => m.peerLinkUp.set({ peer }, state === "connected" ? 1 : 0),
+        dropped: (peer, count) => m.droppedMessages.inc({ peer }, count),
+      },
+      onMessage: (from, message) => this.onPeerMessage(from, message),
+    });
+  }
+
+  /** Opens storage, replays the log beyond the state machine, and builds the core. Not yet serving. */
+  static async open(opts: RuntimeOptions): Promise<NodeRuntime> {
+    const m = opts.metrics;
+    const paxosLog = await PaxosLog.open(`${opts.dataDir}/log`, {
+      onSync: (seconds, records) => {
+        m.fsyncSeconds.observe(seconds);
+        m.batchRecords.observe(records);
+      },
+    });
+    let sm: KvStateMachine | null = null;
+    try {
+      sm = await KvStateMachine.open(`${opts.dataDir}/sm`);
+      const recovered = await paxosLog.recover();
+      const from = sm.lastExecutedInstance() + 1;
+      let replayed = 0;
+      for await (const e of paxosLog.replay(from, recovered.chosenUpTo)) {
+        await sm.execute(e.instance, e.value.kind === "commands" ? e.value.commands : []);
+        replayed++;
+      }
+      opts.logger.info(
+        { chosenUpTo: recovered.chosenUpTo, replayed, promised: recovered.promised },
+        "recovered the PaxosLog and replayed it into the state machine",
+      );
+      return new NodeRuntime(opts, paxosLog, sm, recovered, replayed, recovered.minInstance);
+    } catch (e) {
+      await sm?.close();
+      await paxosLog.close();
+      throw e;
+    }
+  }
+
+  async start(): Promise<void> {
+    await this.transport.start();
+    this.tickTimer = setInterval(() => this.step({ type: "tick", now: performance.now() }), TICK_MS);
+    this.updateGauges();
+  }
+
+  get peerPort(): number {
+    return this.transport.port;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Driving the core
+
+  private step(event: CoreEvent): void {
+    if (this.closing && event.type !== "tick" && event.type !== "receive") return;
+    this.core.step(event);
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // Everything that arrives in the same turn of the event loop shares one Ready, one batch
+    // of commands and one synced write.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    const rd = this.core.ready();
+    for (const env of rd.sendNow) this.transport.send(env.to, env.message);
+    for (const f of rd.failed) this.proposals.reject(f.requestId, failureError(f.reason));
+    for (const f of rd.readsFailed) this.localReads.reject(f.requestId, failureError(f.reason));
+    for (const r of rd.readsReady) this.localReads.resolve(r.requestId, r.index);
+    const persisted = rd.persist !== null ? this.paxosLog.persist(rd.persist) : null;
+    // A chosen value is already durable on a quorum, so executing it need not wait for our own
+    // chosen mark to be synced: that keeps one fsync, not two, on a write's critical path.
+    if (rd.committed.length > 0) {
+      this.execution = this.execution.then(() => this.execute(rd.committed)).catch((e) => this.fatal(e));
+    }
+    if (persisted !== null || rd.send.length > 0 || rd.loads.length > 0) {
+      this.pipeline = this.pipeline
+        .then(async () => {
+          if (persisted !== null) await persisted;
+          this.afterPersist(rd);
+        })
+        .catch((e) => this.fatal(e));
+    }
+    this.updateGauges();
+  }
+
+  private afterPersist(rd: Ready): void {
+    for (const env of rd.send) {
+      if (env.to === this.opts.member) this.step({ type: "receive", from: env.to, message: env.message });
+      else this.transport.send(env.to, env.message);
+    }
+    for (const load of rd.loads) {
+      this.paxosLog
+        .readChosen(load.from, LEARN_BATCH_COUNT, LEARN_BATCH_BYTES)
+        .then((entries) => this.step({ type: "learnLoaded", to: load.to, entries }))
+        .catch((e) => this.log.error({ err: e, from: load.from }, "cannot read the log to answer a learner"));
+    }
+  }
+
+  private async execute(committed: readonly CommittedEntry[]): Promise<void> {
+    const m = this.opts.metrics;
+    for (const c of committed) {
+      const commands = c.value.kind === "commands" ? c.value.commands : [];
+      // After a crash the state machine may be ahead of the synced chosen marks; the core then
+      // hands out again values the state machine already reflects.
+      if (c.instance > this.sm.lastExecutedInstance()) await this.sm.execute(c.instance, commands);
+      this.executed.advance(c.instance);
+      m.chosenInstances.inc();
+      if (c.requestIds === null) continue;
+      m.batchCommands.observe(commands.length);
+      const now = performance.now();
+      for (const requestId of c.requestIds) {
+        const at = this.proposedAt.get(requestId);
+        if (at !== undefined) m.commitLatency.observe((now - at) / 1000);
+        this.proposedAt.delete(requestId);
+        this.proposals.resolve(requestId, { instance: c.instance });
+      }
+    }
+  }
+
+  private fatal(e: unknown): void {
+    this.log.fatal({ err: e }, "storage failure: the member cannot go on safely");
+    this.opts.onFatal(e instanceof Error ? e : new Error(String(e)));
+  }
+
+  private updateGauges(): void {
+    const s = this.core.status();
+    const m = this.opts.metrics;
+    m.instanceChosen.set(s.chosenUpTo);
+    m.instanceExecuted.set(this.executed.value);
+    if (s.role !== this.lastRole) {
+      if (this.lastRole !== null) m.role.set({ role: this.lastRole }, 0);
+      m.role.set({ role: s.role }, 1);
+      if (this.lastRole !== null) this.log.info({ role: s.role, master: s.master }, "role changed");
+      this.lastRole = s.role;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Peer messages
+
+  private onPeerMessage(from: string, message: PeerMessage): void {
+    if (isCoreMessage(message)) {
+      this.step({ type: "receive", from, message: message as Message });
+      return;
+    }
+    switch (message.type) {
+      case "forward":
+        this.proposeHere(message.command).then(
+          (r) =>
+            this.transport.send(from, {
+              type: "forwardReply",
+              requestId: message.requestId,
+              outcome: "ok",
+              instance: r.instance,
+            }),
+          (e) =>
+            this.transport.send(from, {
+              type: "forwardReply",
+              requestId: message.requestId,
+              outcome: forwardOutcome(e),
+              instance: 0,
+            }),
+        );
+        return;
+      case "forwardReply":
+        if (message.outcome === "ok")
+          this.forwards.resolve(message.requestId, { instance: message.instance });
+        else this.forwards.reject(message.requestId, forwardError(message.outcome));
+        return;
+      case "readIndex":
+        this.readIndexHere().then(
+          (index) =>
+            this.transport.send(from, {
+              type: "readIndexReply",
+              requestId: message.requestId,
+              outcome: "ok",
+              index,
+            }),
+          (e) =>
+            this.transport.send(from, {
+              type: "readIndexReply",
+              requestId: message.requestId,
+              outcome: e instanceof NotMasterError ? "not_master" : "timeout",
+              index: 0,
+            }),
+        );
+        return;
+      case "readIndexReply":
+        if (message.outcome === "ok") this.remoteReads.resolve(message.requestId, message.index);
+        else
+          this.remoteReads.reject(
+            message.requestId,
+            message.outcome === "not_master" ? new NotMasterError() : timeoutError(),
+          );
+        return;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Client API
+
+  put(key: string, value: Uint8Array): Promise<{ instance: number }> {
+    return this.write({ op: "put", key, value });
+  }
+
+  delete(key: string): Promise<{ instance: number }> {
+    return this.write({ op: "delete", key });
+  }
+
+  async get(key: string, consistency: ReadConsistency): Promise<Uint8Array | undefined> {
+    if (consistency === "linearizable") {
+      const index = await this.withMaster((master) =>
+        master === this.opts.member ? this.readIndexHere() : this.readIndexAt(master),
+      );
+      await this.executed.wait(index, this.requestTimeoutMs, () => readTimeoutError());
+    }
+    return this.sm.get(key);
+  }
+
+  private async write(command: KvCommand): Promise<WriteResult> {
+    const bytes = encodeKvCommand(command);
+    const result = await this.withMaster((master) =>
+      master === this.opts.member ? this.proposeHere(bytes) : this.forwardTo(master, bytes),
+    );
+    // Answer once the write is executed here too, so a local read after it sees it.
+    await this.executed.wait(result.instance, this.requestTimeoutMs, () => timeoutError());
+    return result;
+  }
+
+  /**
+   * Runs `attempt` against the current master; while no master is known, or the one we asked
+   * turned out not to be master, retries until MASTER_WAIT_MS has passed. Only failures that
+   * certainly proposed nothing are retried, so a retry never duplicates a write.
+   */
+  private async withMaster<T>(attempt: (master: string) => Promise<T>): Promise<T> {
+    const deadline = performance.now() + MASTER_WAIT_MS;
+    for (;;) {
+      if (this.closing) throw new ServiceError("shutting_down", "the member is shutting down");
+      const master = this.core.status().master;
+      if (master !== null) {
+        try {
+          return await attempt(master);
+        } catch (e) {
+          if (!(e instanceof NotMasterError)) throw e;
+        }
+      }
+      if (performance.now() >= deadline) {
+        throw new ServiceError(
+          "no_quorum",
+          "no master is available: the group has no quorum or is electing one",
+        );
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  private proposeHere(command: Uint8Array): Promise<WriteResult> {
+    if (this.closing) return Promise.reject(new ServiceError("shutting_down", "the member is shutting down"));
+    return this.proposals.start(this.requestTimeoutMs, timeoutError, (requestId) => {
+      this.proposedAt.set(requestId, performance.now());
+      this.opts.metrics.proposals.inc();
+      this.step({ type: "propose", requestId, command });
+    });
+  }
+
+  private forwardTo(master: string, command: Uint8Array): Promise<WriteResult> {
+    // Nothing can reach a master we have no link to: fail now (nothing was sent) and retry.
+    if (this.transport.linkStates()[master] !== "connected") return Promise.reject(new NotMasterError());
+    return this.forwards.start(this.requestTimeoutMs, timeoutError, (requestId) =>
+      this.transport.send(master, { type: "forward", requestId, command }),
+    );
+  }
+
+  private readIndexHere(): Promise<number> {
+    return this.localReads.start(this.requestTimeoutMs, readTimeoutError, (requestId) =>
+      this.step({ type: "readIndex", requestId }),
+    );
+  }
+
+  private readIndexAt(master: string): Promise<number> {
+    if (this.transport.linkStates()[master] !== "connected") return Promise.reject(new NotMasterError());
+    return this.remoteReads.start(this.requestTimeoutMs, readTimeoutError, (requestId) =>
+      this.transport.send(master, { type: "readIndex", requestId }),
+    );
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Status
+
+  status(): NodeStatus {
+    const s = this.core.status();
+    const isMaster = s.role === "master";
+    return {
+      member: this.opts.member,
+      group: this.opts.group,
+      role: s.role,
+      master: s.master,
+      members: [...this.opts.peers].map(([name, address]) => ({
+        name,
+        address,
+        role: "voter" as const,
+        lag: this.lagOf(name, isMaster, s),
+      })),
+      instances: {
+        chosen: s.chosenUpTo,
+        executed: this.executed.value,
+        checkpoint: this.sm.getCheckpointInstanceId(),
+        minKept: this.minKept,
+        replayedOnStart: this.replayedOnStart,
+      },
+      cleaner: { state: "paused", until: null, holdCount: this.opts.holdCount },
+      transfer: null,
+    };
+  }
+
+  private lagOf(name: string, isMaster: boolean, s: ReturnType<PaxosCore["status"]>): number | null {
+    if (name === this.opts.member) return Math.max(0, s.knownChosenUpTo - this.executed.value);
+    if (!isMaster) return null;
+    const peer = s.peerChosenUpTo.get(name);
+    return peer === undefined ? null : Math.max(0, s.chosenUpTo - peer);
+  }
+
+  isReady(): boolean {
+    const s = this.core.status();
+    return !this.closing && s.master !== null && s.knownChosenUpTo - this.executed.value <= READY_MAX_LAG;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Shutdown
+
+  /** Finish what is in flight (bounded), then close links and storage. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    const deadline = performance.now() + 5000;
+    while (this.proposals.size > 0 && performance.now() < deadline)
+      await new Promise((r) => setTimeout(r, 10));
+    if (this.tickTimer !== null) clearInterval(this.tickTimer);
+    const stopped = new ServiceError("shutting_down", "the member is shutting down");
+    for (const p of [this.proposals, this.forwards, this.localReads, this.remoteReads]) p.rejectAll(stopped);
+    this.executed.rejectAll(stopped);
+    await this.transport.close();
+    await this.pipeline;
+    await this.execution;
+    await this.sm.close();
+    await this.paxosLog.close();
+  }
+}
+
+/** The master we asked is not (or no longer) master: nothing was proposed, safe to retry. */
+class NotMasterError extends Error {
+  override readonly name = "NotMasterError";
+}
+
+function timeoutError(): ServiceError {
+  return new ServiceError("timeout", "the write was not confirmed in time; it may still be chosen");
+}
+
+function readTimeoutError(): ServiceError {
+  return new ServiceError("no_quorum", "the read could not be confirmed by a quorum in time");
+}
+
+function failureError(reason: FailureReason): Error {
+  switch (reason) {
+    case "not_master":
+    case "not_proposed":
+    case "lost":
+      // Certainly not chosen: the caller retries against whoever is master now.
+      return new NotMasterError(reason);
+    case "overloaded":
+      return new ServiceError("overloaded", "the master's proposal queue is full");
+  }
+}
+
+function forwardOutcome(e: unknown): "not_master" | "no_quorum" | "overloaded" | "timeout" {
+  if (e instanceof NotMasterError) return "not_master";
+  if (e instanceof ServiceError) {
+    if (e.code === "overloaded") return "overloaded";
+    if (e.code === "no_quorum" || e.code === "shutting_down") return "no_quorum";
+  }
+  return "timeout";
+}
+
+function forwardError(outcome: "not_master" | "no_quorum" | "overloaded" | "timeout"): Error {
+  switch (outcome) {
+    case "not_master":
+      return new NotMasterError("the member asked is not the master");
+    case "no_quorum":
+      return new ServiceError("no_quorum", "the master could not propose the write");
+    case "overloaded":
+      return new ServiceError("overloaded", "the master's proposal queue is full");
+    case "timeout":
+      return timeoutError();
+  }
+}

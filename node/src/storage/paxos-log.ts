@@ -1,0 +1,310 @@
+// The PaxosLog: the acceptor's durable state on RocksDB.
+//
+// Layout (one RocksDB database of its own):
+//   "L" + 8-byte big-endian instance -> framed encodeRecord(record)   (byte order = instance order)
+//   "Mpromised"                      -> framed writeBallot(promised)
+//   "MchosenUpTo"                    -> framed 8-byte big-endian instance (absent = -1)
+// Every value carries a CRC32 (framing.ts) that is checked on every read.
+//
+// Durability: persist() resolves only after a synced (fsync'ed WAL) write that contains its data.
+// Calls that arrive while a synced write is running wait and then share the next synced batch
+// (group commit), so one fsync covers many promises, votes and chosen marks.
+
+import {
+  CodecError,
+  decodeRecord,
+  encodeRecord,
+  Reader,
+  readBallot,
+  valueSize,
+  Writer,
+  writeBallot,
+} from "../paxos/codec.js";
+import { type Ballot, type ChosenEntry, type LogRecord, ZERO_BALLOT } from "../paxos/types.js";
+import { CorruptRecordError, decodeInstance, encodeInstance, frame, unframe } from "./framing.js";
+import { asBuffer, RocksStore, type StoreOp } from "./rocks.js";
+
+export { CorruptRecordError } from "./framing.js";
+
+export interface PersistBatch {
+  promised?: Ballot;
+  records: readonly LogRecord[];
+  chosenUpTo?: number;
+}
+
+export interface RecoveredLogState {
+  /** ZERO_BALLOT when new. */
+  promised: Ballot;
+  /** Highest instance such that every instance <= it is chosen; -1 when none. */
+  chosenUpTo: number;
+  /** Lowest instance present in the log (chosenUpTo+1 when the log is empty). */
+  minInstance: number;
+  /** Every record above chosenUpTo, in instance order (chosen ones beyond a gap included). */
+  unchosen: LogRecord[];
+}
+
+export interface PaxosLogObserver {
+  /** One synced batch was written: how long the write took and how many log records it held. */
+  onSync?(seconds: number, records: number): void;
+}
+
+const LOG_PREFIX = 0x4c; // "L"
+/** Exclusive upper bound of every log key: "M" sorts right after "L". */
+const LOG_END = Buffer.from("M");
+const META_PROMISED = Buffer.from("Mpromised");
+const META_CHOSEN_UP_TO = Buffer.from("MchosenUpTo");
+
+function logKey(instance: number): Buffer {
+  const key = Buffer.allocUnsafe(9);
+  key[0] = LOG_PREFIX;
+  encodeInstance(instance).copy(key, 1);
+  return key;
+}
+
+function checkInstance(name: string, v: number, min: number): void {
+  if (!Number.isSafeInteger(v) || v < min)
+    throw new RangeError(`${name} must be an integer >= ${min}, got ${v}`);
+}
+
+interface Waiter {
+  readonly ops: readonly StoreOp[];
+  readonly resolve: () => void;
+  readonly reject: (err: Error) => void;
+}
+
+export class PaxosLog {
+  /** persist() calls waiting for the next synced batch. */
+  private queue: Waiter[] = [];
+  /**
+   * The synced write in flight, if any. Cleared synchronously when it completes, so a persist()
+   * never sees a write that will not pick up its queued data.
+   */
+  private writing: Promise<void> | undefined;
+  private flushScheduled = false;
+  /** Set when a synced write failed: whether any of it reached the disk is unknown, so stop. */
+  private failure: Error | undefined;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly store: RocksStore,
+    private readonly observer: PaxosLogObserver,
+  ) {}
+
+  static async open(dir: string, observer: PaxosLogObserver = {}): Promise<PaxosLog> {
+    return new PaxosLog(await RocksStore.open(dir), observer);
+  }
+
+  /**
+   * Group commit: persist() calls that arrive while a synced write is in flight are merged into
+   * ONE next synced RocksDB batch; each call's promise resolves only once its data is synced.
+   */
+  persist(batch: PersistBatch): Promise<void> {
+    if (this.closing) return Promise.reject(new Error("PaxosLog is closed: persist() called after close()"));
+    if (this.failure) {
+      return Promise.reject(
+        new Error(`PaxosLog is unusable after a failed synced write: ${this.failure.message}`, {
+          cause: this.failure,
+        }),
+      );
+    }
+    let ops: StoreOp[];
+    try {
+      ops = encodeBatch(batch);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ ops, resolve, reject });
+      // Deferring to a microtask lets every persist() of the current turn share the first write too.
+      // When a write is running, its completion starts the next batch.
+      if (!this.flushScheduled && !this.writing) {
+        this.flushScheduled = true;
+        queueMicrotask(() => {
+          this.flushScheduled = false;
+          this.startFlush();
+        });
+      }
+    });
+  }
+
+  /** Writes everything queued as one synced batch, unless a write is already running. */
+  private startFlush(): void {
+    if (this.writing || this.queue.length === 0) return;
+    const waiters = this.queue;
+    this.queue = [];
+    // Later writes of a key replace earlier ones, exactly as they would have applied in sequence.
+    const merged = new Map<string, StoreOp>();
+    for (const w of waiters) {
+      for (const op of w.ops) merged.set(asBuffer(op.key).toString("latin1"), op);
+    }
+    const ops = [...merged.values()];
+    if (ops.length === 0) {
+      for (const w of waiters) w.resolve();
+      return;
+    }
+    const started = process.hrtime.bigint();
+    this.writing = this.store.batch(ops, { sync: true }).then(
+      () => {
+        this.writing = undefined;
+        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+        for (const w of waiters) w.resolve();
+        this.startFlush();
+        this.observer.onSync?.(seconds, ops.filter((op) => op.key[0] === LOG_PREFIX).length);
+      },
+      (err: unknown) => {
+        this.writing = undefined;
+        const failure = err instanceof Error ? err : new Error(String(err));
+        this.failure = failure;
+        for (const w of [...waiters, ...this.queue]) w.reject(failure);
+        this.queue = [];
+      },
+    );
+  }
+
+  async recover(): Promise<RecoveredLogState> {
+    this.assertOpen("recover");
+    const promisedBytes = await this.readMeta(META_PROMISED);
+    const promised =
+      promisedBytes === undefined ? ZERO_BALLOT : decodeMeta("promised ballot", promisedBytes, readBallot);
+    const chosenBytes = await this.readMeta(META_CHOSEN_UP_TO);
+    let chosenUpTo = chosenBytes === undefined ? -1 : decodeInstance(chosenBytes, "PaxosLog meta chosenUpTo");
+
+    // The stored chosenUpTo may lag the chosen marks written with the records: extend it over the
+    // contiguous chosen records that follow, and keep everything after the first gap.
+    const unchosen: LogRecord[] = [];
+    for await (const [key, value] of this.store.iterate({ gte: logKey(chosenUpTo + 1), lt: LOG_END })) {
+      const rec = decodeLogEntry(key, value);
+      if (unchosen.length === 0 && rec.chosen && rec.instance === chosenUpTo + 1) chosenUpTo = rec.instance;
+      else unchosen.push(rec);
+    }
+
+    let minInstance = chosenUpTo + 1;
+    for await (const [key] of this.store.iterate({ gte: Buffer.from([LOG_PREFIX]), lt: LOG_END, limit: 1 })) {
+      minInstance = decodeInstance(key.subarray(1), "PaxosLog key");
+    }
+    return { promised, chosenUpTo, minInstance, unchosen };
+  }
+
+  /**
+   * Contiguous chosen entries starting exactly at `from`, stopping at the first missing/unchosen
+   * instance, at most maxCount entries and about maxBytes (always at least one if available).
+   */
+  async readChosen(from: number, maxCount: number, maxBytes: number): Promise<ChosenEntry[]> {
+    this.assertOpen("readChosen");
+    checkInstance("readChosen from", from, 0);
+    const out: ChosenEntry[] = [];
+    if (maxCount < 1) return out;
+    let bytes = 0;
+    for await (const [key, value] of this.store.iterate({
+      gte: logKey(from),
+      lt: LOG_END,
+      limit: maxCount,
+    })) {
+      const rec = decodeLogEntry(key, value);
+      if (rec.instance !== from + out.length || !rec.chosen) break;
+      const size = valueSize(rec.value);
+      if (out.length > 0 && bytes + size > maxBytes) break;
+      out.push({ instance: rec.instance, value: rec.value });
+      bytes += size;
+    }
+    return out;
+  }
+
+  /**
+   * Chosen entries from..to inclusive in order, for replaying into the state machine; throws if an
+   * instance in the range is missing or not chosen.
+   */
+  async *replay(from: number, to: number): AsyncGenerator<ChosenEntry, void, undefined> {
+    this.assertOpen("replay");
+    checkInstance("replay from", from, 0);
+    checkInstance("replay to", to, -1);
+    if (to < from) return;
+    let next = from;
+    for await (const [key, value] of this.store.iterate({ gte: logKey(from), lte: logKey(to) })) {
+      const rec = decodeLogEntry(key, value);
+      if (rec.instance !== next) {
+        throw new Error(
+          `PaxosLog replay ${from}..${to}: instance ${next} is missing from the log (next present: ${rec.instance})`,
+        );
+      }
+      if (!rec.chosen) throw new Error(`PaxosLog replay ${from}..${to}: instance ${next} is not chosen`);
+      yield { instance: rec.instance, value: rec.value };
+      next++;
+    }
+    if (next <= to) {
+      throw new Error(
+        `PaxosLog replay ${from}..${to}: instance ${next} is missing from the log (the log ends before it)`,
+      );
+    }
+  }
+
+  /** Waits for every accepted persist() to be synced (or fail), then closes RocksDB. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      while (this.writing || this.queue.length > 0) {
+        this.startFlush();
+        await this.writing;
+      }
+      await this.store.close();
+    })();
+    return this.closing;
+  }
+
+  private assertOpen(what: string): void {
+    if (this.closing) throw new Error(`PaxosLog is closed: ${what}() called after close()`);
+  }
+
+  private async readMeta(key: Buffer): Promise<Uint8Array | undefined> {
+    const stored = await this.store.get(key);
+    return stored === undefined ? undefined : unframe(stored, `PaxosLog meta ${key.subarray(1).toString()}`);
+  }
+}
+
+function encodeBatch(batch: PersistBatch): StoreOp[] {
+  const ops: StoreOp[] = [];
+  if (batch.promised !== undefined) {
+    const w = new Writer(32);
+    writeBallot(w, batch.promised);
+    ops.push({ type: "put", key: META_PROMISED, value: frame(w.finish()) });
+  }
+  for (const rec of batch.records) {
+    ops.push({ type: "put", key: logKey(rec.instance), value: frame(encodeRecord(rec)) });
+  }
+  if (batch.chosenUpTo !== undefined) {
+    checkInstance("chosenUpTo", batch.chosenUpTo, -1);
+    ops.push(
+      batch.chosenUpTo === -1
+        ? { type: "del", key: META_CHOSEN_UP_TO }
+        : { type: "put", key: META_CHOSEN_UP_TO, value: frame(encodeInstance(batch.chosenUpTo)) },
+    );
+  }
+  return ops;
+}
+
+function decodeMeta<T>(what: string, payload: Uint8Array, read: (r: Reader) => T): T {
+  try {
+    const r = new Reader(payload);
+    const v = read(r);
+    r.end();
+    return v;
+  } catch (err) {
+    if (err instanceof CodecError)
+      throw new CorruptRecordError(`PaxosLog meta ${what}: ${err.message}`, { cause: err });
+    throw err;
+  }
+}
+
+function decodeLogEntry(key: Buffer, value: Buffer): LogRecord {
+  const instance = decodeInstance(key.subarray(1), `PaxosLog key ${key.toString("hex")}`);
+  const what = `PaxosLog record for instance ${instance}`;
+  let rec: LogRecord;
+  try {
+    rec = decodeRecord(unframe(value, what));
+  } catch (err) {
+    if (err instanceof CodecError) throw new CorruptRecordError(`${what}: ${err.message}`, { cause: err });
+    throw err;
+  }
+  if (rec.instance !== instance)
+    throw new CorruptRecordError(`${what}: the record says instance ${rec.instance}`);
+  return rec;
+}
