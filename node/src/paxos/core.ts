@@ -93,13 +93,16 @@ export interface ReadIndexResult {
 }
 
 export interface Ready {
-  /** Persist (synced) before sending `send` and before executing `committed`. Null when nothing changed. */
-  persist: { promised?: Ballot; records: LogRecord[]; chosenUpTo?: number } | null;
+  /**
+   * Persist before sending `send`. Null when nothing changed. `sync` is false when the batch holds
+   * only chosen marks: those can be learned again after a crash, so they need no fsync of their own.
+   */
+  persist: { promised?: Ballot; records: LogRecord[]; chosenUpTo?: number; sync: boolean } | null;
   /** Messages that depend on nothing unsynced: send at once, in parallel with the persist. */
   sendNow: Envelope[];
   /** Messages that announce persisted state (promises, votes, prepares): send after the persist. */
   send: Envelope[];
-  /** Newly chosen values, contiguous and in instance order. Execute after the persist. */
+  /** Newly chosen values, contiguous and in instance order. Chosen means durable on a quorum: execute at once. */
   committed: CommittedEntry[];
   failed: Failure[];
   /** Learn requests the shell answers from storage, then reports with a `learnLoaded` event. */
@@ -318,15 +321,20 @@ export class PaxosCore {
   }
 
   private persistPromised(): void {
-    this.persistBatch().promised = this.promised;
+    const batch = this.persistBatch();
+    batch.promised = this.promised;
+    batch.sync = true;
   }
 
   private persistRecord(rec: LogRecord): void {
-    this.persistBatch().records.push(rec);
+    const batch = this.persistBatch();
+    batch.records.push(rec);
+    // A vote must be synced before it is announced; a chosen mark can be learned again.
+    if (!rec.chosen) batch.sync = true;
   }
 
   private persistBatch(): NonNullable<Ready["persist"]> {
-    if (this.out.persist === null) this.out.persist = { records: [] };
+    if (this.out.persist === null) this.out.persist = { records: [], sync: false };
     return this.out.persist;
   }
 

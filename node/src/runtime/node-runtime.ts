@@ -182,7 +182,8 @@ export class NodeRuntime implements KvService {
     for (const f of rd.failed) this.proposals.reject(f.requestId, failureError(f.reason));
     for (const f of rd.readsFailed) this.localReads.reject(f.requestId, failureError(f.reason));
     for (const r of rd.readsReady) this.localReads.resolve(r.requestId, r.index);
-    const persisted = rd.persist !== null ? this.paxosLog.persist(rd.persist) : null;
+    const persisted =
+      rd.persist !== null ? this.paxosLog.persist(rd.persist, { sync: rd.persist.sync }) : null;
     // A chosen value is already durable on a quorum, so executing it need not wait for our own
     // chosen mark to be synced: that keeps one fsync, not two, on a write's critical path.
     if (rd.committed.length > 0) {

@@ -68,6 +68,7 @@ function checkInstance(name: string, v: number, min: number): void {
 
 interface Waiter {
   readonly ops: readonly StoreOp[];
+  readonly sync: boolean;
   readonly resolve: () => void;
   readonly reject: (err: Error) => void;
 }
@@ -98,7 +99,13 @@ export class PaxosLog {
    * Group commit: persist() calls that arrive while a synced write is in flight are merged into
    * ONE next synced RocksDB batch; each call's promise resolves only once its data is synced.
    */
-  persist(batch: PersistBatch): Promise<void> {
+  /**
+   * `sync: false` is for data that may be lost in a crash because it can be rebuilt (chosen marks
+   * are learned again). Such a write still lands in the WAL in order, so any later synced write
+   * makes it durable too.
+   */
+  persist(batch: PersistBatch, options: { sync?: boolean } = {}): Promise<void> {
+    const sync = options.sync ?? true;
     if (this.closing) return Promise.reject(new Error("PaxosLog is closed: persist() called after close()"));
     if (this.failure) {
       return Promise.reject(
@@ -114,7 +121,7 @@ export class PaxosLog {
       return Promise.reject(err);
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ ops, resolve, reject });
+      this.queue.push({ ops, sync, resolve, reject });
       // Deferring to a microtask lets every persist() of the current turn share the first write too.
       // When a write is running, its completion starts the next batch.
       if (!this.flushScheduled && !this.writing) {
@@ -142,14 +149,15 @@ export class PaxosLog {
       for (const w of waiters) w.resolve();
       return;
     }
+    const sync = waiters.some((w) => w.sync);
     const started = process.hrtime.bigint();
-    this.writing = this.store.batch(ops, { sync: true }).then(
+    this.writing = this.store.batch(ops, { sync }).then(
       () => {
         this.writing = undefined;
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
         for (const w of waiters) w.resolve();
         this.startFlush();
-        this.observer.onSync?.(seconds, ops.filter((op) => op.key[0] === LOG_PREFIX).length);
+        if (sync) this.observer.onSync?.(seconds, ops.filter((op) => op.key[0] === LOG_PREFIX).length);
       },
       (err: unknown) => {
         this.writing = undefined;

@@ -116,6 +116,8 @@ interface Member {
   /** Bumped on every crash: completions scheduled by an earlier life are ignored. */
   life: number;
   readonly durable: DurableLog;
+  /** Written without sync: durable once a later synced write completes, lost in a crash. */
+  readonly unsynced: NonNullable<Ready["persist"]>[];
   /** When the last scheduled ready finishes; readies complete in order, like a real pipeline. */
   pipelineTail: number;
   /** The state machine: executed instances, in order (kept durable in the model). */
@@ -162,6 +164,7 @@ export function runSimulation(opts: SimOptions): SimResult {
       core: null,
       life: 0,
       durable: { promised: ZERO_BALLOT, chosenUpTo: -1, records: new Map() },
+      unsynced: [],
       pipelineTail: 0,
       executed: -1,
       clockRate: rng.between(0.85, 1.15),
@@ -229,6 +232,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     trace?.(`${now.toFixed(2)} ${m.name} CRASH`);
     m.core = null;
     m.life++;
+    m.unsynced.length = 0;
     // Requests in flight at a crashed member have an unknown outcome: the client never retries them.
     m.pending.clear();
     m.pendingReads.clear();
@@ -272,21 +276,18 @@ export function runSimulation(opts: SimOptions): SimResult {
     }
     for (const r of rd.readsFailed) m.pendingReads.delete(r.requestId);
     const life = m.life;
-    const fsync = rd.persist !== null ? rng.between(0.2, 1.5) : 0;
+    const fsync = rd.persist === null ? 0 : rd.persist.sync ? rng.between(0.2, 1.5) : 0.01;
     const at = Math.max(now, m.pipelineTail) + fsync;
     m.pipelineTail = at;
     queue.push(at, () => {
       if (m.life !== life || m.core === null) return;
       if (rd.persist !== null) {
-        const d = m.durable;
-        if (rd.persist.promised !== undefined) d.promised = rd.persist.promised;
-        for (const rec of rd.persist.records) {
-          const prev = d.records.get(rec.instance);
-          if (prev?.chosen && !rec.chosen)
-            fail(`${m.name}: chosen record ${rec.instance} overwritten by a vote`);
-          d.records.set(rec.instance, rec);
+        // An unsynced write reaches the disk only with the next synced one (the WAL is ordered);
+        // a crash before that loses it.
+        m.unsynced.push(rd.persist);
+        if (rd.persist.sync) {
+          for (const batch of m.unsynced.splice(0)) applyDurably(m, batch);
         }
-        if (rd.persist.chosenUpTo !== undefined) d.chosenUpTo = rd.persist.chosenUpTo;
       }
       for (const env of rd.send) {
         if (env.to === m.name) queue.push(now, () => deliver(m.name, env.to, env.message, life));
@@ -304,6 +305,17 @@ export function runSimulation(opts: SimOptions): SimResult {
         });
       }
     });
+  }
+
+  function applyDurably(m: Member, batch: NonNullable<Ready["persist"]>): void {
+    const d = m.durable;
+    if (batch.promised !== undefined) d.promised = batch.promised;
+    for (const rec of batch.records) {
+      const prev = d.records.get(rec.instance);
+      if (prev?.chosen && !rec.chosen) fail(`${m.name}: chosen record ${rec.instance} overwritten by a vote`);
+      d.records.set(rec.instance, rec);
+    }
+    if (batch.chosenUpTo !== undefined) d.chosenUpTo = batch.chosenUpTo;
   }
 
   function execute(m: Member, instance: number, value: Value): void {

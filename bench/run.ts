@@ -1,0 +1,337 @@
+import { mkdirSync, mkdtempSync, statfsSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { type EtcdCluster, ensureEtcd, etcdPut, startEtcdCluster } from "./etcd.js";
+import { type ClientKind, type LoadResult, runLoad } from "./load.js";
+import { checkPaxosNode, type PaxosGroup, paxosPut, startPaxosGroup } from "./paxos.js";
+import { registerTempDir, removeTempDirs, stopAll } from "./procs.js";
+
+const USAGE = `npm run bench -- [options]
+
+Starts a three-member paxos-node group and a three-member etcd cluster on 127.0.0.1, drives
+each at its master/leader with the same closed-loop load (100-byte values, random keys) at
+each concurrency level, and prints ops/s, p50 and p99 with the paxos/etcd ratios.
+
+  --seconds N          measured seconds per system and level (default: BENCH_SECONDS or 10)
+  --warmup N           unmeasured seconds before each measurement (default 1)
+  --concurrency LIST   comma-separated levels (default 1,16,64,256)
+  --client KIND        load generator client: "raw" (minimal keep-alive HTTP/1.1; default) or
+                       "http" (node:http with a keep-alive Agent, 2-3x the CPU per request)
+  --only SYSTEM        run only "etcd" or only "paxos" (no ratios, no targets)
+  --json FILE          also write the results as JSON to FILE
+  --help               this text`;
+
+type System = "paxos" | "etcd";
+
+interface Options {
+  seconds: number;
+  warmupSeconds: number;
+  levels: number[];
+  client: ClientKind;
+  systems: System[];
+  jsonFile: string | undefined;
+}
+
+function positiveNumber(flag: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${flag} must be a positive number, got "${text}"`);
+  return n;
+}
+
+function parseOptions(argv: string[]): Options | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      seconds: { type: "string" },
+      warmup: { type: "string" },
+      concurrency: { type: "string" },
+      client: { type: "string" },
+      only: { type: "string" },
+      json: { type: "string" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return undefined;
+  }
+  const seconds = positiveNumber("--seconds", values.seconds ?? process.env.BENCH_SECONDS ?? "10");
+  const warmupSeconds = values.warmup === undefined ? 1 : Number(values.warmup);
+  if (!Number.isFinite(warmupSeconds) || warmupSeconds < 0) {
+    throw new Error(`--warmup must be a number >= 0, got "${values.warmup}"`);
+  }
+  const levels = (values.concurrency ?? "1,16,64,256").split(",").map((s) => {
+    const n = Number(s.trim());
+    if (!Number.isInteger(n) || n < 1) throw new Error(`--concurrency takes positive integers, got "${s}"`);
+    return n;
+  });
+  const client = values.client ?? "raw";
+  if (client !== "http" && client !== "raw")
+    throw new Error(`--client takes "http" or "raw", got "${client}"`);
+  let systems: System[] = ["paxos", "etcd"];
+  if (values.only !== undefined) {
+    if (values.only !== "paxos" && values.only !== "etcd") {
+      throw new Error(`--only takes "paxos" or "etcd", got "${values.only}"`);
+    }
+    systems = [values.only];
+  }
+  return { seconds, warmupSeconds, levels, client, systems, jsonFile: values.json };
+}
+
+interface Row {
+  concurrency: number;
+  paxos: LoadResult | undefined;
+  etcd: LoadResult | undefined;
+  /** paxos ops/s divided by etcd ops/s. */
+  opsRatio: number | undefined;
+  /** paxos p99 divided by etcd p99: below 1 means paxos has the better tail. */
+  p99Ratio: number | undefined;
+}
+
+interface Target {
+  name: string;
+  verdict: "PASS" | "FAIL" | "NOT MEASURED";
+  detail: string;
+}
+
+function evaluateTargets(rows: Row[]): Target[] {
+  const at = (c: number) => rows.find((r) => r.concurrency === c);
+  const targets: Target[] = [];
+  const check = (c: number, name: string, test: (row: Row) => boolean, detail: (row: Row) => string) => {
+    const row = at(c);
+    if (!row?.paxos || !row.etcd || row.opsRatio === undefined) {
+      targets.push({ name, verdict: "NOT MEASURED", detail: `needs both systems at concurrency ${c}` });
+      return;
+    }
+    const clean = row.paxos.errors === 0;
+    targets.push({
+      name,
+      verdict: clean && test(row) ? "PASS" : "FAIL",
+      detail: detail(row) + (clean ? "" : `, but paxos had ${row.paxos.errors} errors`),
+    });
+  };
+  check(
+    1,
+    "concurrency 1: paxos ops/s >= 2x etcd",
+    (r) => r.opsRatio! >= 2,
+    (r) => `ratio ${fmt(r.opsRatio, 2)}x`,
+  );
+  check(
+    64,
+    "concurrency 64: paxos ops/s >= 4x etcd, paxos p99 <= etcd p99",
+    (r) => r.opsRatio! >= 4 && r.paxos!.p99Ms <= r.etcd!.p99Ms,
+    (r) => `ratio ${fmt(r.opsRatio, 2)}x, p99 ${fmt(r.paxos!.p99Ms, 2)} ms vs ${fmt(r.etcd!.p99Ms, 2)} ms`,
+  );
+  return targets;
+}
+
+function fmt(n: number | undefined, digits: number): string {
+  return n === undefined || Number.isNaN(n) ? "-" : n.toFixed(digits);
+}
+
+function table(rows: Row[]): string {
+  const header = [
+    "concurrency",
+    "paxos ops/s",
+    "p50 ms",
+    "p99 ms",
+    "etcd ops/s",
+    "p50 ms",
+    "p99 ms",
+    "ratio ops/s (paxos/etcd)",
+    "p99 ratio (paxos/etcd)",
+  ];
+  const cells = (r: LoadResult | undefined) =>
+    r
+      ? [fmt(r.opsPerSec, 0) + (r.errors ? ` (${r.errors} err)` : ""), fmt(r.p50Ms, 2), fmt(r.p99Ms, 2)]
+      : ["-", "-", "-"];
+  const body = rows.map((r) => [
+    String(r.concurrency),
+    ...cells(r.paxos),
+    ...cells(r.etcd),
+    fmt(r.opsRatio, 2),
+    fmt(r.p99Ratio, 2),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cols: string[]) => `| ${cols.map((c, i) => c.padStart(widths[i]!)).join(" | ")} |`;
+  const rule = `|${widths.map((w) => `${"-".repeat(w + 1)}:`).join("|")}|`;
+  return [line(header), rule, ...body.map(line)].join("\n");
+}
+
+/** tmpfs turns fsync into a no-op, which would flatter both systems and hide their real cost. */
+function filesystemNote(dir: string): string {
+  const TMPFS_MAGIC = 0x01021994;
+  const type = statfsSync(dir).type;
+  return type === TMPFS_MAGIC ? "tmpfs (fsync is free here: numbers are not representative)" : "disk-backed";
+}
+
+function machine() {
+  const cpus = os.cpus();
+  return {
+    cpu: cpus[0]?.model ?? "unknown",
+    cores: cpus.length,
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+    /** Other work on the machine skews both systems; a run on a busy machine says so here. */
+    loadAverage1m: Number(os.loadavg()[0]!.toFixed(2)),
+  };
+}
+
+function describe(system: System, r: LoadResult): string {
+  const errs = r.errors
+    ? `, ${r.errors} errors: ${Object.entries(r.errorKinds)
+        .slice(0, 3)
+        .map(([k, n]) => `${n}x ${k}`)
+        .join("; ")}`
+    : "";
+  return (
+    `[bench] ${system.padEnd(5)} c=${r.concurrency}: ${fmt(r.opsPerSec, 0)} ops/s, ` +
+    `p50 ${fmt(r.p50Ms, 2)} ms, p99 ${fmt(r.p99Ms, 2)} ms, max ${fmt(r.maxMs, 1)} ms, ` +
+    `load generator ${fmt(r.generatorCpuPercent, 0)}% of a core${errs}`
+  );
+}
+
+const interrupt = new AbortController();
+/** Orderly shutdown of the clusters, newest first; stopAll() then catches anything left. */
+const stoppers: (() => Promise<void>)[] = [];
+
+async function main(opts: Options): Promise<void> {
+  const wants = (s: System) => opts.systems.includes(s);
+  if (wants("paxos")) checkPaxosNode();
+  const etcdVersion = wants("etcd") ? ensureEtcd() : undefined;
+  const m = machine();
+
+  const baseDir = mkdtempSync(join(os.tmpdir(), "paxos-bench-"));
+  registerTempDir(baseDir);
+  const fsNote = filesystemNote(baseDir);
+  console.log(`[bench] data and logs in ${baseDir} (${fsNote}); removed on exit`);
+
+  let etcd: EtcdCluster | undefined;
+  let paxos: PaxosGroup | undefined;
+  if (wants("etcd")) {
+    mkdirSync(join(baseDir, "etcd"));
+    etcd = await startEtcdCluster(join(baseDir, "etcd"));
+    stoppers.push(etcd.stop);
+    console.log(
+      `[bench] etcd ${etcdVersion}: 3 members up, client ports ${etcd.members.map((m) => m.clientPort)}`,
+    );
+  }
+  if (wants("paxos")) {
+    mkdirSync(join(baseDir, "paxos"));
+    paxos = await startPaxosGroup(join(baseDir, "paxos"));
+    stoppers.push(paxos.stop);
+    console.log(`[bench] paxos-node: 3 members up, HTTP ports ${paxos.members.map((m) => m.httpPort)}`);
+  }
+
+  const rows: Row[] = [];
+  for (const [i, concurrency] of opts.levels.entries()) {
+    const row: Row = {
+      concurrency,
+      paxos: undefined,
+      etcd: undefined,
+      opsRatio: undefined,
+      p99Ratio: undefined,
+    };
+    // Alternating which system goes first spreads slow drift (page cache, disk write-back) over both.
+    const order: System[] = i % 2 === 0 ? ["paxos", "etcd"] : ["etcd", "paxos"];
+    for (const system of order) {
+      const load = {
+        concurrency,
+        client: opts.client,
+        seconds: opts.seconds,
+        warmupSeconds: opts.warmupSeconds,
+        signal: interrupt.signal,
+      };
+      if (system === "etcd" && etcd) {
+        row.etcd = await runLoad({ ...load, port: await etcd.leaderPort(), build: etcdPut });
+        console.log(describe("etcd", row.etcd));
+      } else if (system === "paxos" && paxos) {
+        row.paxos = await runLoad({ ...load, port: await paxos.masterPort(), build: paxosPut });
+        console.log(describe("paxos", row.paxos));
+      }
+    }
+    if (row.paxos && row.etcd) {
+      row.opsRatio = row.paxos.opsPerSec / row.etcd.opsPerSec;
+      row.p99Ratio = row.paxos.p99Ms / row.etcd.p99Ms;
+    }
+    rows.push(row);
+  }
+
+  const date = new Date().toISOString();
+  console.log(
+    `\n${date}, ${m.cores} x ${m.cpu}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, ` +
+      `load average ${m.loadAverage1m} at start` +
+      (etcdVersion ? `, etcd ${etcdVersion}` : "") +
+      `; ${opts.seconds} s per run after ${opts.warmupSeconds} s warm-up; 100-byte values; ` +
+      `client ${opts.client}; data ${fsNote}\n`,
+  );
+  console.log(table(rows));
+  const targets = wants("paxos") && wants("etcd") ? evaluateTargets(rows) : [];
+  if (targets.length > 0) {
+    console.log("\nTargets:");
+    for (const t of targets) console.log(`  ${t.verdict.padEnd(12)} ${t.name} (${t.detail})`);
+  }
+  if (opts.jsonFile) {
+    const report = {
+      date,
+      machine: m,
+      etcdVersion,
+      seconds: opts.seconds,
+      warmupSeconds: opts.warmupSeconds,
+      client: opts.client,
+      valueBytes: 100,
+      dataFilesystem: fsNote,
+      rows,
+      targets,
+    };
+    writeFileSync(opts.jsonFile, `${JSON.stringify(report, null, 2)}\n`);
+    console.log(`\n[bench] wrote ${opts.jsonFile}`);
+  }
+}
+
+let cleaning: Promise<void> | undefined;
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const stopCluster of stoppers.reverse()) await stopCluster().catch(() => undefined);
+    await stopAll();
+    removeTempDirs();
+  })();
+  return cleaning;
+}
+
+function onSignal(signal: NodeJS.Signals, code: number): void {
+  process.on(signal, () => {
+    if (interrupt.signal.aborted) {
+      // Second signal: no more waiting; the exit hook in procs.ts kills what is left.
+      process.exit(code);
+    }
+    interrupt.abort(new Error(`${signal} received`));
+    console.error(`\n[bench] ${signal}: stopping every process the bench started`);
+    void cleanup().finally(() => process.exit(code));
+  });
+}
+onSignal("SIGINT", 130);
+onSignal("SIGTERM", 143);
+
+let options: Options | undefined;
+try {
+  options = parseOptions(process.argv.slice(2));
+} catch (err) {
+  console.error(`[bench] ${(err as Error).message}\n\n${USAGE}`);
+  process.exit(2);
+}
+if (options) {
+  try {
+    await main(options);
+  } catch (err) {
+    // After Ctrl-C the members are being stopped on purpose; their logs explain nothing.
+    if (!interrupt.signal.aborted) {
+      console.error(`[bench] failed: ${(err as Error).message}`);
+    }
+    process.exitCode = 1;
+  } finally {
+    await cleanup();
+  }
+}

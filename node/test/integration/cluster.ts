@@ -1,0 +1,247 @@
+// Real paxos-node processes on 127.0.0.1 for integration tests: free ports, temporary data
+// directories, kill -9 and restart, and a small HTTP client.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const MAIN = join(dirname(fileURLToPath(import.meta.url)), "../../src/main.js");
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.unref();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface MemberProcess {
+  readonly name: string;
+  readonly peerPort: number;
+  readonly httpPort: number;
+  readonly dataDir: string;
+  readonly logFile: string;
+  readonly terminationLog: string;
+  child: ChildProcess | null;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | null;
+}
+
+export interface StatusJson {
+  member: string;
+  role: string;
+  master: string | null;
+  members: { name: string; lag: number | null }[];
+  instances: {
+    chosen: number;
+    executed: number;
+    checkpoint: number;
+    minKept: number;
+    replayedOnStart: number;
+  };
+}
+
+export class Cluster {
+  readonly members: MemberProcess[] = [];
+  readonly root: string;
+  readonly token: string | undefined;
+  private readonly tokenFile: string | undefined;
+
+  private constructor(size: number, ports: number[], opts: { token?: string }) {
+    this.root = mkdtempSync(join(tmpdir(), "paxos-it-"));
+    this.token = opts.token;
+    if (opts.token !== undefined) {
+      this.tokenFile = join(this.root, "token");
+      writeFileSync(this.tokenFile, `${opts.token}\n`);
+    }
+    for (let i = 0; i < size; i++) {
+      const name = `n${i + 1}`;
+      this.members.push({
+        name,
+        peerPort: ports[2 * i]!,
+        httpPort: ports[2 * i + 1]!,
+        dataDir: join(this.root, name),
+        logFile: join(this.root, `${name}.log`),
+        terminationLog: join(this.root, `${name}.termination-log`),
+        child: null,
+        exit: null,
+      });
+    }
+  }
+
+  static async start(size: number, opts: { token?: string } = {}): Promise<Cluster> {
+    const ports: number[] = [];
+    while (ports.length < 2 * size) {
+      const p = await freePort();
+      if (!ports.includes(p)) ports.push(p);
+    }
+    const c = new Cluster(size, ports, opts);
+    for (const m of c.members) c.startMember(m.name);
+    return c;
+  }
+
+  member(name: string): MemberProcess {
+    const m = this.members.find((x) => x.name === name);
+    if (m === undefined) throw new Error(`no member ${name}`);
+    return m;
+  }
+
+  startMember(name: string): void {
+    const m = this.member(name);
+    if (m.child !== null) throw new Error(`${name} is already running`);
+    const peers = this.members.map((x) => `${x.name}=127.0.0.1:${x.peerPort}`).join(",");
+    const args = [
+      MAIN,
+      `--member=${m.name}`,
+      `--peers=${peers}`,
+      `--peer-port=${m.peerPort}`,
+      `--http-port=${m.httpPort}`,
+      "--host=127.0.0.1",
+      `--data-dir=${m.dataDir}`,
+      `--termination-log=${m.terminationLog}`,
+      "--log-level=info",
+    ];
+    if (this.tokenFile !== undefined) args.push(`--token-file=${this.tokenFile}`);
+    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+    const chunks: Buffer[] = [];
+    child.stdout.on("data", (d: Buffer) => chunks.push(d));
+    child.stderr.on("data", (d: Buffer) => chunks.push(d));
+    m.child = child;
+    m.exit = new Promise((resolve) => {
+      child.on("exit", (code, signal) => {
+        writeFileSync(m.logFile, Buffer.concat(chunks), { flag: "a" });
+        m.child = null;
+        resolve({ code, signal });
+      });
+    });
+  }
+
+  /** kill -9: no chance to flush or close anything. */
+  async kill(name: string): Promise<void> {
+    const m = this.member(name);
+    if (m.child === null) return;
+    m.child.kill("SIGKILL");
+    await m.exit;
+  }
+
+  async stop(name: string): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    const m = this.member(name);
+    if (m.child === null || m.exit === null) throw new Error(`${name} is not running`);
+    const exit = m.exit;
+    m.child.kill("SIGTERM");
+    return exit;
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.all(this.members.map((m) => this.kill(m.name)));
+    if (process.env.KEEP_TEST_DATA === undefined) rmSync(this.root, { recursive: true, force: true });
+  }
+
+  logs(name: string): string {
+    try {
+      return readFileSync(this.member(name).logFile, "utf8");
+    } catch {
+      return "";
+    }
+  }
+
+  url(name: string, path: string): string {
+    return `http://127.0.0.1:${this.member(name).httpPort}${path}`;
+  }
+
+  async status(name: string): Promise<StatusJson | null> {
+    try {
+      const r = await fetch(this.url(name, "/v1/status"), { signal: AbortSignal.timeout(2000) });
+      return r.ok ? ((await r.json()) as StatusJson) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Waits until the running members agree on one master, and returns it. */
+  async waitForMaster(timeoutMs = 30_000, among?: readonly string[]): Promise<string> {
+    const names = among ?? this.members.filter((m) => m.child !== null).map((m) => m.name);
+    return waitFor(timeoutMs, "a master agreed by every running member", async () => {
+      const statuses = await Promise.all(names.map((n) => this.status(n)));
+      const master = statuses[0]?.master;
+      if (master === null || master === undefined) return undefined;
+      if (!statuses.every((s) => s?.master === master)) return undefined;
+      const own = statuses.find((s) => s?.member === master);
+      return own?.role === "master" ? master : undefined;
+    });
+  }
+
+  async put(name: string, key: string, value: string): Promise<Response> {
+    return fetch(this.url(name, `/v1/kv/${encodeURIComponent(key)}`), {
+      method: "PUT",
+      body: value,
+      signal: AbortSignal.timeout(20_000),
+    });
+  }
+
+  async get(name: string, key: string, consistency?: "local"): Promise<Response> {
+    const q = consistency === undefined ? "" : `?consistency=${consistency}`;
+    return fetch(this.url(name, `/v1/kv/${encodeURIComponent(key)}${q}`), {
+      signal: AbortSignal.timeout(20_000),
+    });
+  }
+}
+
+export async function waitFor<T>(
+  timeoutMs: number,
+  what: string,
+  probe: () => Promise<T | undefined>,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * Writers that each put unique keys in a loop, to random members, until stopped or `maxWrites`
+ * each. Only writes answered 200 count as acknowledged.
+ */
+export class Writers {
+  readonly acknowledged = new Map<string, string>();
+  errors = 0;
+  private running = true;
+  private readonly loops: Promise<void>[];
+
+  constructor(cluster: Cluster, count: number, maxWrites = 5000) {
+    this.loops = Array.from({ length: count }, async (_, w) => {
+      for (let i = 0; i < maxWrites && this.running; i++) {
+        const alive = cluster.members.filter((m) => m.child !== null);
+        const target = alive[Math.floor(Math.random() * alive.length)];
+        if (target === undefined) {
+          await new Promise((r) => setTimeout(r, 50));
+          continue;
+        }
+        const key = `w${w}-${i}`;
+        const value = `${key}-${Math.random().toString(36).slice(2)}`;
+        try {
+          const r = await cluster.put(target.name, key, value);
+          await r.arrayBuffer();
+          if (r.status === 200) this.acknowledged.set(key, value);
+          else this.errors++;
+        } catch {
+          this.errors++;
+        }
+      }
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    await Promise.all(this.loops);
+  }
+}

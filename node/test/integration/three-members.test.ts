@@ -1,0 +1,123 @@
+// Three real members on 127.0.0.1: kill -9 a follower and the master under load, restart all.
+// Acknowledged writes must never be lost, and restarted members must serve the same data.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Cluster, Writers, waitFor } from "./cluster.js";
+
+let cluster: Cluster;
+
+before(async () => {
+  cluster = await Cluster.start(3);
+  await cluster.waitForMaster();
+});
+
+after(async () => {
+  await cluster.destroy();
+});
+
+async function assertAllReadable(
+  c: Cluster,
+  member: string,
+  acked: ReadonlyMap<string, string>,
+  local = false,
+) {
+  for (const [key, value] of acked) {
+    const r = await c.get(member, key, local ? "local" : undefined);
+    assert.equal(r.status, 200, `${member}: GET ${key} answered ${r.status}`);
+    assert.equal(await r.text(), value, `${member}: ${key} has the wrong value`);
+  }
+}
+
+async function waitCaughtUp(c: Cluster, member: string, master: string): Promise<void> {
+  await waitFor(30_000, `${member} to catch up with ${master}`, async () => {
+    const [s, m] = await Promise.all([c.status(member), c.status(master)]);
+    if (s === null || m === null) return undefined;
+    return s.instances.executed >= m.instances.chosen ? true : undefined;
+  });
+}
+
+test("writes and reads through every member, forwarded to the master", async () => {
+  const master = await cluster.waitForMaster();
+  for (const m of cluster.members) {
+    const r = await cluster.put(m.name, `hello-${m.name}`, `from ${m.name}`);
+    assert.equal(r.status, 200);
+    const body = (await r.json()) as { instance: number };
+    assert.ok(Number.isInteger(body.instance) && body.instance >= 0);
+  }
+  for (const m of cluster.members) {
+    for (const w of cluster.members) {
+      const r = await cluster.get(m.name, `hello-${w.name}`);
+      assert.equal(await r.text(), `from ${w.name}`);
+    }
+    // A write is answered once executed on the member that took it, so local reads see it too.
+    const local = await cluster.get(m.name, `hello-${m.name}`, "local");
+    assert.equal(await local.text(), `from ${m.name}`);
+  }
+  const missing = await cluster.get(master, "no-such-key");
+  assert.equal(missing.status, 404);
+  const del = await cluster.put(master, "to-delete", "x");
+  assert.equal(del.status, 200);
+  const d = await fetch(cluster.url(master, "/v1/kv/to-delete"), { method: "DELETE" });
+  assert.equal(d.status, 200);
+  assert.equal((await cluster.get(master, "to-delete")).status, 404);
+});
+
+test("kill -9 a follower under load: it restarts, catches up and serves the same data", async () => {
+  const master = await cluster.waitForMaster();
+  const follower = cluster.members.find((m) => m.name !== master)!.name;
+  const writers = new Writers(cluster, 4);
+  await waitFor(30_000, "some writes", async () => (writers.acknowledged.size >= 100 ? true : undefined));
+  await cluster.kill(follower);
+  const atKill = writers.acknowledged.size;
+  await waitFor(30_000, "writes with the follower down", async () =>
+    writers.acknowledged.size >= atKill + 200 ? true : undefined,
+  );
+  cluster.startMember(follower);
+  await waitFor(30_000, "writes after the restart", async () =>
+    writers.acknowledged.size >= atKill + 400 ? true : undefined,
+  );
+  await writers.stop();
+  await waitCaughtUp(cluster, follower, master);
+  await assertAllReadable(cluster, follower, writers.acknowledged, true);
+  await assertAllReadable(cluster, master, writers.acknowledged);
+});
+
+test("kill -9 the master under load: a new master serves writes and nothing acknowledged is lost", async () => {
+  const oldMaster = await cluster.waitForMaster();
+  const writers = new Writers(cluster, 4);
+  await waitFor(30_000, "some writes", async () => (writers.acknowledged.size >= 100 ? true : undefined));
+  await cluster.kill(oldMaster);
+  const killedAt = Date.now();
+  const survivors = cluster.members.filter((m) => m.name !== oldMaster).map((m) => m.name);
+  const newMaster = await cluster.waitForMaster(30_000, survivors);
+  assert.notEqual(newMaster, oldMaster);
+  const before = writers.acknowledged.size;
+  await waitFor(30_000, "writes acknowledged by the new master", async () =>
+    writers.acknowledged.size >= before + 100 ? true : undefined,
+  );
+  // Election timeout is 1-2 s; allow generously for a loaded CI machine, but bounded.
+  assert.ok(Date.now() - killedAt < 30_000);
+  await writers.stop();
+  await assertAllReadable(cluster, newMaster, writers.acknowledged);
+  cluster.startMember(oldMaster);
+  await waitCaughtUp(cluster, oldMaster, newMaster);
+  await assertAllReadable(cluster, oldMaster, writers.acknowledged, true);
+});
+
+test("restart all three: data intact, replay bounded by what the state machine lacked", async () => {
+  const master = await cluster.waitForMaster();
+  const writers = new Writers(cluster, 2, 150);
+  await writers.stop();
+  assert.ok(writers.acknowledged.size > 0);
+  await waitCaughtUp(cluster, cluster.members.find((m) => m.name !== master)!.name, master);
+  for (const m of cluster.members) {
+    const exit = await cluster.stop(m.name);
+    assert.equal(exit.code, 0, `${m.name} exited with ${exit.code} on SIGTERM`);
+  }
+  for (const m of cluster.members) cluster.startMember(m.name);
+  const newMaster = await cluster.waitForMaster();
+  for (const m of cluster.members) await assertAllReadable(cluster, m.name, writers.acknowledged);
+  const s = await cluster.status(newMaster);
+  assert.ok(s !== null && s.instances.chosen >= 0);
+});
