@@ -39,7 +39,11 @@ export interface NodeStatus {
     readonly minKept: number;
     readonly replayedOnStart: number;
   };
-  readonly cleaner: { readonly state: "running" | "paused"; readonly until: string | null; readonly holdCount: number };
+  readonly cleaner: {
+    readonly state: "running" | "paused";
+    readonly until: string | null;
+    readonly holdCount: number;
+  };
   readonly transfer: unknown;
 }
 
