@@ -205,6 +205,7 @@ export class PaxosCore {
   private knownChosenUpTo: number;
   private learnHint: MemberId | null = null;
   private learnOutstanding: { to: MemberId; from: number; sentAt: number } | null = null;
+  private lastCommitAck: { ballot: Ballot; readSeq: number; at: number } | null = null;
 
   // Leadership.
   private role: Role = "follower";
@@ -651,7 +652,18 @@ export class PaxosCore {
       this.knownChosenUpTo = to;
       this.learnHint = from;
     }
-    this.sendNow(from, { type: "commitAck", ballot, ok: true, readSeq, chosenUpTo: this.chosenUpTo });
+    // Acks serve read rounds and lag reports: answer every new read round at once, otherwise at
+    // most once per heartbeat interval, which halves the messages a busy master handles.
+    const last = this.lastCommitAck;
+    if (
+      last === null ||
+      !ballotsEqual(last.ballot, ballot) ||
+      readSeq > last.readSeq ||
+      this.now - last.at >= this.timing.heartbeatMs
+    ) {
+      this.lastCommitAck = { ballot, readSeq, at: this.now };
+      this.sendNow(from, { type: "commitAck", ballot, ok: true, readSeq, chosenUpTo: this.chosenUpTo });
+    }
     this.maybeLearn();
   }
 
