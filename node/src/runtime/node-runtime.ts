@@ -126,7 +126,11 @@ export class NodeRuntime implements KvService {
     });
     let sm: KvStateMachine | null = null;
     try {
-      sm = await KvStateMachine.open(`${opts.dataDir}/sm`);
+      sm = await KvStateMachine.open(`${opts.dataDir}/sm`, {
+        onMalformedCommand: (instance, index, err) =>
+          opts.logger.warn({ instance, index, err }, "skipped a malformed command (every member skips it)"),
+        onWriteFailure: (err) => opts.onFatal(err),
+      });
       const recovered = await paxosLog.recover();
       const from = sm.lastExecutedInstance() + 1;
       let replayed = 0;

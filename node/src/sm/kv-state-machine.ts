@@ -15,6 +15,8 @@ export interface KvStateMachineObserver {
    * counts as executed.
    */
   onMalformedCommand?(instance: number, index: number, error: Error): void;
+  /** A background RocksDB write failed: the state machine refuses further work. */
+  onWriteFailure?(error: Error): void;
 }
 
 const DATA_PREFIX = "d";
@@ -25,14 +27,24 @@ function dataKey(key: string): Buffer {
   return Buffer.from(DATA_PREFIX + key, "utf8");
 }
 
+/** Executed batches waiting for RocksDB; past this many, execute() waits for the disk. */
+const MAX_UNWRITTEN_BATCHES = 1024;
+
 export class KvStateMachine implements StateMachine {
-  /** Highest instance whose batch RocksDB has applied. */
+  /** Highest instance reflected in the visible state (RocksDB plus the unwritten overlay). */
   private lastExecuted: number;
-  /** The instance execute() accepts next; advanced when the call is accepted, before its write runs. */
-  private nextInstance: number;
-  /** Batches are written strictly one after another: two instances may touch the same key. */
-  private writes: Promise<void> = Promise.resolve();
-  /** A failed write leaves the state behind nextInstance, so every later execute() must fail too. */
+  /**
+   * Executed but not yet written: key -> value (null = deleted) and the instance that set it.
+   * Reads consult it first, so a write is visible the moment it is executed, without waiting
+   * for a round trip through RocksDB's thread pool on the critical path of every client write.
+   */
+  private readonly overlay = new Map<string, { value: Uint8Array | null; instance: number }>();
+  /** Batches not yet handed to RocksDB, in instance order. */
+  private unwritten: { instance: number; ops: StoreOp[]; keys: string[] }[] = [];
+  private writing: Promise<void> | null = null;
+  /** Resolvers waiting for the unwritten queue to drain below the bound (or to empty, on close). */
+  private drained: (() => void)[] = [];
+  /** A failed write leaves RocksDB behind the visible state, so every later execute() must fail too. */
   private failure: Error | undefined;
   private closing: Promise<void> | undefined;
 
@@ -42,7 +54,6 @@ export class KvStateMachine implements StateMachine {
     private readonly observer: KvStateMachineObserver,
   ) {
     this.lastExecuted = lastExecuted;
-    this.nextInstance = lastExecuted + 1;
   }
 
   static async open(dir: string, observer: KvStateMachineObserver = {}): Promise<KvStateMachine> {
@@ -62,6 +73,12 @@ export class KvStateMachine implements StateMachine {
     return this.lastExecuted;
   }
 
+  /**
+   * Applies the commands to the visible state at once and queues one RocksDB batch (data plus
+   * the executed marker, unsynced: the PaxosLog is synced and the marker is atomic with the data,
+   * so a crash only loses a suffix that is replayed). Resolves when the state is visible; waits
+   * for the disk only when too many batches are unwritten.
+   */
   execute(instance: number, commands: readonly Uint8Array[]): Promise<void> {
     if (this.closing)
       return Promise.reject(new Error("KV state machine is closed: execute() called after close()"));
@@ -72,14 +89,15 @@ export class KvStateMachine implements StateMachine {
         }),
       );
     }
-    if (instance !== this.nextInstance) {
+    if (instance !== this.lastExecuted + 1) {
       return Promise.reject(
         new Error(
-          `KV state machine: instance ${instance} executed out of order, expected ${this.nextInstance}`,
+          `KV state machine: instance ${instance} executed out of order, expected ${this.lastExecuted + 1}`,
         ),
       );
     }
     const ops: StoreOp[] = [];
+    const keys: string[] = [];
     commands.forEach((bytes, index) => {
       let command: ReturnType<typeof decodeKvCommand>;
       try {
@@ -92,36 +110,58 @@ export class KvStateMachine implements StateMachine {
         );
         return;
       }
-      if (command.op === "put")
+      keys.push(command.key);
+      if (command.op === "put") {
+        this.overlay.set(command.key, { value: command.value, instance });
         ops.push({ type: "put", key: dataKey(command.key), value: frame(command.value) });
-      else ops.push({ type: "del", key: dataKey(command.key) });
+      } else {
+        this.overlay.set(command.key, { value: null, instance });
+        ops.push({ type: "del", key: dataKey(command.key) });
+      }
     });
     ops.push({ type: "put", key: META_LAST_EXECUTED, value: frame(encodeInstance(instance)) });
-    this.nextInstance = instance + 1;
-
-    // sync: false is safe here. Every executed instance is already chosen and synced in the
-    // PaxosLog, and the marker is written in the same atomic batch as the data, so after a crash
-    // RocksDB holds some prefix of the executed instances together with the marker that names
-    // exactly that prefix; the runtime replays the lost suffix from the log. Syncing here would
-    // only add a second fsync to every instance.
-    const write = this.writes.then(async () => {
-      if (this.failure) throw this.failure;
-      try {
-        await this.store.batch(ops, { sync: false });
-      } catch (err) {
-        this.failure ??= err instanceof Error ? err : new Error(String(err));
-        throw err;
-      }
-      this.lastExecuted = instance;
-    });
-    this.writes = write.catch(() => undefined);
-    return write;
+    this.lastExecuted = instance;
+    this.unwritten.push({ instance, ops, keys });
+    this.startWriting();
+    if (this.unwritten.length < MAX_UNWRITTEN_BATCHES) return Promise.resolve();
+    return new Promise((resolve) => this.drained.push(resolve));
   }
 
-  /** The value stored under `key`, or undefined when absent. Reflects every completed execute(). */
+  /** Writes everything queued as one RocksDB batch at a time, in order. */
+  private startWriting(): void {
+    if (this.writing !== null || this.unwritten.length === 0 || this.failure) return;
+    const batches = this.unwritten;
+    this.unwritten = [];
+    const ops = batches.flatMap((b) => b.ops);
+    this.writing = this.store.batch(ops, { sync: false }).then(
+      () => {
+        this.writing = null;
+        for (const b of batches) {
+          for (const key of b.keys)
+            if (this.overlay.get(key)?.instance === b.instance) this.overlay.delete(key);
+        }
+        this.startWriting();
+        if (this.unwritten.length < MAX_UNWRITTEN_BATCHES) for (const r of this.drained.splice(0)) r();
+      },
+      (err: unknown) => {
+        this.writing = null;
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
+        this.observer.onWriteFailure?.(this.failure);
+        for (const r of this.drained.splice(0)) r();
+      },
+    );
+  }
+
+  /** The value of `key` as of the last executed instance, or undefined when absent. */
   async get(key: string): Promise<Uint8Array | undefined> {
     if (this.closing) throw new Error("KV state machine is closed: get() called after close()");
+    const pending = this.overlay.get(key);
+    if (pending !== undefined) return pending.value ?? undefined;
     const stored = await this.store.get(dataKey(key));
+    // A write may have landed (and left the overlay) while we read: the overlay wins if it has
+    // a newer value again, otherwise what we read is current.
+    const raced = this.overlay.get(key);
+    if (raced !== undefined) return raced.value ?? undefined;
     return stored === undefined ? undefined : unframe(stored, `KV value of key ${JSON.stringify(key)}`);
   }
 
@@ -148,10 +188,10 @@ export class KvStateMachine implements StateMachine {
     throw new Error(CHECKPOINTS_UNAVAILABLE);
   }
 
-  /** Lets accepted execute() calls finish, then closes RocksDB. Idempotent. */
+  /** Writes every executed batch, then closes RocksDB. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      await this.writes;
+      while (this.writing !== null) await this.writing;
       await this.store.close();
     })();
     return this.closing;
