@@ -48,6 +48,8 @@ const LEARN_BATCH_COUNT = 512;
 const LEARN_BATCH_BYTES = 4 * 1024 * 1024;
 /** A member further behind the master than this is not ready. */
 const READY_MAX_LAG = 1000;
+/** A peer silent this long (several heartbeats) is not sent requests that need an answer. */
+const PEER_SILENCE_MS = 1000;
 /** How long a request waits for a master to appear (an election) before 503. */
 const MASTER_WAIT_MS = 3000;
 
@@ -66,6 +68,8 @@ export class NodeRuntime implements KvService {
   /** Read indexes asked of the master. */
   private readonly remoteReads = new PendingRequests<number>();
   private readonly proposedAt = new Map<number, number>();
+  /** When each peer last reached us. */
+  private readonly lastHeardFrom = new Map<string, number>();
   private readonly requestTimeoutMs: number;
   private readonly log: Logger;
   private tickTimer: NodeJS.Timeout | null = null;
@@ -260,6 +264,7 @@ export class NodeRuntime implements KvService {
   // Peer messages
 
   private onPeerMessage(from: string, message: PeerMessage): void {
+    this.lastHeardFrom.set(from, performance.now());
     if (isCoreMessage(message)) {
       this.step({ type: "receive", from, message: message as Message });
       return;
@@ -385,10 +390,24 @@ export class NodeRuntime implements KvService {
   }
 
   private forwardTo(master: string, command: Uint8Array): Promise<WriteResult> {
-    // Nothing can reach a master we have no link to: fail now (nothing was sent) and retry.
-    if (this.transport.linkStates()[master] !== "connected") return Promise.reject(new NotMasterError());
+    if (!this.canExchangeWith(master)) return Promise.reject(new NotMasterError());
     return this.forwards.start(this.requestTimeoutMs, timeoutError, (requestId) =>
       this.transport.send(master, { type: "forward", requestId, command }),
+    );
+  }
+
+  /**
+   * A request to a peer is only worth sending when both directions work: our link to it is up,
+   * and it has reached us lately (its heartbeats arrive on its link to us, which carries the
+   * answer). Otherwise the request fails at once, certainly unsent, and is retried; sent into a
+   * half-open pair it would wait out its whole timeout and end as an unknown outcome.
+   */
+  private canExchangeWith(peer: string): boolean {
+    const heard = this.lastHeardFrom.get(peer);
+    return (
+      this.transport.linkStates()[peer] === "connected" &&
+      heard !== undefined &&
+      performance.now() - heard < PEER_SILENCE_MS
     );
   }
 
@@ -399,7 +418,7 @@ export class NodeRuntime implements KvService {
   }
 
   private readIndexAt(master: string): Promise<number> {
-    if (this.transport.linkStates()[master] !== "connected") return Promise.reject(new NotMasterError());
+    if (!this.canExchangeWith(master)) return Promise.reject(new NotMasterError());
     return this.remoteReads.start(this.requestTimeoutMs, readTimeoutError, (requestId) =>
       this.transport.send(master, { type: "readIndex", requestId }),
     );
