@@ -4,7 +4,16 @@ import { crc32 } from "node:zlib";
 import fc from "fast-check";
 import { CodecError } from "../../src/paxos/codec.js";
 import type { Ballot, Message, Value } from "../../src/paxos/types.js";
-import { decodeFrame, encodeFrame, FRAME_HEADER_BYTES, FrameError } from "../../src/transport/frame.js";
+import {
+  BATCH_TYPE,
+  batchBytes,
+  decodeFrame,
+  decodeMessages,
+  encodeBatch,
+  encodeFrame,
+  FRAME_HEADER_BYTES,
+  FrameError,
+} from "../../src/transport/frame.js";
 import {
   decodePeerMessage,
   encodePeerMessage,
@@ -244,5 +253,104 @@ test("encodeFrame enforces the frame size limit and refuses unencodable fields",
   assert.throws(
     () => encodeFrame({ type: "readIndexReply", requestId: 1, outcome: "ok", index: -2 }),
     CodecError,
+  );
+});
+
+/** decodeMessages never throws, and its error is always a FrameError. */
+function decodeAll(bytes: Uint8Array): { messages: PeerMessage[]; error: FrameError | null } {
+  const result = decodeMessages(bytes);
+  assert.ok(result.error === null || result.error instanceof FrameError);
+  return result;
+}
+
+function flipBit(bytes: Uint8Array, bit: number): { flipped: Uint8Array; at: number } {
+  const flipped = bytes.slice();
+  const at = bit % (flipped.length * 8);
+  flipped[at >> 3]! ^= 1 << (at & 7);
+  return { flipped, at };
+}
+
+const messages = fc.array(peerMessage, { minLength: 1, maxLength: 20 });
+
+test("any list of peer messages round-trips through a batch, and a single frame through decodeMessages", () => {
+  fc.assert(
+    fc.property(messages, (ms) => {
+      const frames = ms.map((m) => encodeFrame(m));
+      const batch = encodeBatch(frames);
+      assert.equal(batch[1], BATCH_TYPE);
+      assert.equal(
+        batch.length,
+        batchBytes(
+          frames.reduce((n, f) => n + f.length, 0),
+          frames.length,
+        ),
+      );
+      assert.deepStrictEqual(decodeAll(batch), { messages: ms, error: null });
+      assert.deepStrictEqual(decodeAll(frames[0]!), { messages: [ms[0]], error: null });
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test("random bytes, as a batch or behind a valid batch header, only ever produce FrameError", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+      decodeAll(bytes);
+      const { messages: got, error } = decodeAll(frameWith(BATCH_TYPE, bytes));
+      // Any messages returned came out of well-formed inner frames, so the rest must be an error.
+      if (error === null) assert.ok(got.length > 0);
+    }),
+    { numRuns: 2000 },
+  );
+});
+
+test("any single-bit flip of a batch is refused whole with FrameError", () => {
+  fc.assert(
+    fc.property(messages, fc.nat(), (ms, bit) => {
+      const { flipped, at } = flipBit(encodeBatch(ms.map((m) => encodeFrame(m))), bit);
+      const { messages: got, error } = decodeAll(flipped);
+      assert.ok(error !== null, `flipping bit ${at} of a batch was accepted`);
+      assert.deepStrictEqual(got, []);
+      assert.ok(["version", "type", "checksum"].includes(error.reason), error.reason);
+    }),
+    { numRuns: 1000 },
+  );
+});
+
+test("a malformed inner frame ends the batch: the messages before it survive, one error is reported", () => {
+  fc.assert(
+    fc.property(messages, peerMessage, messages, fc.nat(), (before, bad, rest, bit) => {
+      // The batch checksum is computed over the corrupted inner frame, so only the inner check fails.
+      const { flipped } = flipBit(encodeFrame(bad), bit);
+      const batch = encodeBatch([
+        ...before.map((m) => encodeFrame(m)),
+        flipped,
+        ...rest.map((m) => encodeFrame(m)),
+      ]);
+      const { messages: got, error } = decodeAll(batch);
+      assert.deepStrictEqual(got, before);
+      assert.ok(error instanceof FrameError);
+      assert.match(error.message, new RegExp(`^batch entry ${before.length}: `));
+    }),
+    { numRuns: 500 },
+  );
+});
+
+test("each malformed-batch case has its own reason", () => {
+  const frame = encodeFrame({ type: "learnRequest", from: 7 });
+  const batch = encodeBatch([frame, frame]);
+  const reason = (bytes: Uint8Array, max?: number): string | null =>
+    decodeMessages(bytes, max).error?.reason ?? null;
+  assert.equal(reason(batch), null);
+  assert.equal(reason(frameWith(BATCH_TYPE, new Uint8Array(0))), "body");
+  // A length prefix cut short, or one that claims more than is left.
+  assert.equal(reason(frameWith(BATCH_TYPE, new Uint8Array([0, 0]))), "truncated");
+  assert.equal(reason(frameWith(BATCH_TYPE, new Uint8Array([0, 0, 1, 0, 1, 2]))), "truncated");
+  // Batches do not nest.
+  assert.equal(reason(encodeBatch([batch])), "type");
+  assert.equal(reason(batch, batch.length - 1), "too_large");
+  assert.throws(
+    () => decodeFrame(batch),
+    (e: unknown) => e instanceof FrameError && e.reason === "type",
   );
 });

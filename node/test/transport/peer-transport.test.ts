@@ -4,9 +4,16 @@ import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
 import WebSocket, { WebSocketServer } from "ws";
-import { decodeFrame, encodeFrame } from "../../src/transport/frame.js";
+import {
+  decodeFrame,
+  decodeMessages,
+  encodeBatch,
+  encodeFrame,
+  FRAME_HEADER_BYTES,
+} from "../../src/transport/frame.js";
 import type { PeerMessage } from "../../src/transport/peer-message.js";
 import {
+  FRAMES_HEADER,
   type LinkState,
   PEER_PATH,
   PeerTransport,
@@ -353,59 +360,73 @@ test("messages to an unreachable peer are dropped and counted, and nothing is ke
   await n1.transport.close();
 });
 
-test("a congested link holds at most maxQueueBytes, drops the oldest, and drains in order", async () => {
-  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
-  await new Promise<void>((resolve) => wss.once("listening", () => resolve()));
-  after(() => new Promise<void>((resolve) => wss.close(() => resolve())));
-  const arrived: number[] = [];
-  const peers: WebSocket[] = [];
-  let headers: Record<string, string | string[] | undefined> = {};
-  wss.on("connection", (ws, req) => {
-    headers = req.headers;
-    peers.push(ws);
-    // Stop reading: the sender's kernel buffers fill, then its socket buffer, then its queue.
-    ws.pause();
-    ws.on("message", (data) => {
-      const m = decodeFrame(data as Buffer);
-      if (m.type === "forward") arrived.push(m.requestId);
+for (const batching of [false, true]) {
+  test(`a congested link holds at most maxQueueBytes, drops the oldest, and drains in order (batching: ${batching})`, async () => {
+    const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    // A peer that does not advertise batches must only ever get single frames: decodeFrame throws on a batch.
+    if (batching) wss.on("headers", (headers) => headers.push(`${FRAMES_HEADER}: batch`));
+    let wsMessages = 0;
+    await new Promise<void>((resolve) => wss.once("listening", () => resolve()));
+    after(() => new Promise<void>((resolve) => wss.close(() => resolve())));
+    const arrived: number[] = [];
+    const peers: WebSocket[] = [];
+    let headers: Record<string, string | string[] | undefined> = {};
+    wss.on("connection", (ws, req) => {
+      headers = req.headers;
+      peers.push(ws);
+      // Stop reading: the sender's kernel buffers fill, then its socket buffer, then its queue.
+      ws.pause();
+      ws.on("message", (data) => {
+        wsMessages++;
+        const decoded = batching ? decodeMessages(data as Buffer).messages : [decodeFrame(data as Buffer)];
+        for (const m of decoded) if (m.type === "forward") arrived.push(m.requestId);
+      });
     });
-  });
-  const address = wss.address();
-  assert.ok(address !== null && typeof address === "object");
-  const maxQueueBytes = 1024 * 1024;
-  const n1 = member("n1", {
-    token: "t",
-    maxQueueBytes,
-    highWaterBytes: 256 * 1024,
-    // The paused peer cannot answer pings either; keep the link up for the whole test.
-    heartbeatMs: 60_000,
-    peers: new Map([["slow", `127.0.0.1:${address.port}`]]),
-  });
-  await n1.transport.start();
-  await waitFor("connected to the slow peer", () => n1.transport.linkStates().slow === "connected");
-  assert.equal(headers["x-paxos-member"], "n1");
-  assert.equal(headers.authorization, "Bearer t");
+    const address = wss.address();
+    assert.ok(address !== null && typeof address === "object");
+    const maxQueueBytes = 1024 * 1024;
+    const n1 = member("n1", {
+      token: "t",
+      maxQueueBytes,
+      highWaterBytes: 256 * 1024,
+      // The paused peer cannot answer pings either; keep the link up for the whole test.
+      heartbeatMs: 60_000,
+      peers: new Map([["slow", `127.0.0.1:${address.port}`]]),
+    });
+    await n1.transport.start();
+    await waitFor("connected to the slow peer", () => n1.transport.linkStates().slow === "connected");
+    assert.equal(headers["x-paxos-member"], "n1");
+    assert.equal(headers.authorization, "Bearer t");
 
-  const command = new Uint8Array(64 * 1024);
-  let sent = 0;
-  while ((n1.transport.stats().dropped.slow ?? 0) === 0 && sent < 4000) {
-    for (let i = 0; i < 64; i++) n1.transport.send("slow", { type: "forward", requestId: sent++, command });
-    await sleep(1);
-  }
-  const stats = n1.transport.stats();
-  assert.ok((stats.dropped.slow ?? 0) > 0, "the queue never overflowed");
-  assert.ok((stats.queuedBytes.slow ?? 0) <= maxQueueBytes);
-  assert.ok((stats.queuedBytes.slow ?? 0) > 0);
-  assert.equal(n1.transport.linkStates().slow, "connected");
+    const command = new Uint8Array(64 * 1024);
+    let sent = 0;
+    // Until the kernel buffers are full too: only then does the queue stay non-empty between turns.
+    const congested = (): boolean => {
+      const { dropped, queuedBytes } = n1.transport.stats();
+      return (dropped.slow ?? 0) > 0 && (queuedBytes.slow ?? 0) > 0;
+    };
+    while (!congested() && sent < 4000) {
+      for (let i = 0; i < 64; i++) n1.transport.send("slow", { type: "forward", requestId: sent++, command });
+      await sleep(1);
+    }
+    const stats = n1.transport.stats();
+    assert.ok((stats.dropped.slow ?? 0) > 0, "the queue never overflowed");
+    assert.ok((stats.queuedBytes.slow ?? 0) <= maxQueueBytes);
+    assert.ok((stats.queuedBytes.slow ?? 0) > 0);
+    assert.equal(n1.transport.linkStates().slow, "connected");
 
-  for (const ws of peers) ws.resume();
-  await waitFor("the queue drained", () => n1.transport.stats().queuedBytes.slow === 0);
-  await waitFor("the newest message arrived", () => arrived.at(-1) === sent - 1);
-  for (let i = 1; i < arrived.length; i++) assert.ok(arrived[i]! > arrived[i - 1]!, "out of order");
-  assert.equal(arrived.length + (n1.transport.stats().dropped.slow ?? 0), sent);
-  await n1.transport.close();
-  for (const ws of peers) ws.terminate();
-});
+    for (const ws of peers) ws.resume();
+    await waitFor("the queue drained", () => n1.transport.stats().queuedBytes.slow === 0);
+    await waitFor("the newest message arrived", () => arrived.at(-1) === sent - 1);
+    for (let i = 1; i < arrived.length; i++) assert.ok(arrived[i]! > arrived[i - 1]!, "out of order");
+    assert.equal(arrived.length + (n1.transport.stats().dropped.slow ?? 0), sent);
+    assert.equal(n1.transport.stats().wsMessagesSent.slow, wsMessages);
+    if (batching) assert.ok(wsMessages < arrived.length, "nothing was batched");
+    else assert.equal(wsMessages, arrived.length);
+    await n1.transport.close();
+    for (const ws of peers) ws.terminate();
+  });
+}
 
 test("setPeers adds, readdresses and removes links", async () => {
   const n1 = member("n1");
@@ -468,4 +489,78 @@ test("close() leaves no socket or timer behind", async () => {
     mute: "disconnected",
   });
   await new Promise<void>((resolve) => mute.close(() => resolve()));
+});
+
+test("sends in one turn arrive in order, coalesced into fewer WebSocket messages", async () => {
+  const n1 = member("n1", { token: "t" });
+  const n2 = member("n2", { token: "t" });
+  await Promise.all([n1, n2].map((m) => m.transport.start()));
+  mesh([n1, n2]);
+  await waitFor("connected", () => allConnected(n1) && allConnected(n2));
+
+  const n = 100;
+  for (let i = 0; i < n; i++) n1.transport.send("n2", commit(i));
+  await waitFor("every message delivered", () => n2.received.length === n);
+  assert.deepStrictEqual(
+    n2.received.map((r) => r.message),
+    Array.from({ length: n }, (_, i) => commit(i)),
+  );
+  const afterBurst = n1.transport.stats().wsMessagesSent.n2 ?? 0;
+  assert.ok(afterBurst >= 1 && afterBurst < n, `${n} sends took ${afterBurst} WebSocket messages`);
+
+  // A message alone in its turn still leaves at once, as a single frame.
+  n1.transport.send("n2", commit(n));
+  await waitFor("the lone message", () => n2.received.length === n + 1);
+  assert.equal(n1.transport.stats().wsMessagesSent.n2, afterBurst + 1);
+  assert.deepStrictEqual(n2.rejected, []);
+  assert.equal(n1.transport.stats().queuedBytes.n2, 0);
+  await Promise.all([n1, n2].map((m) => m.transport.close()));
+});
+
+test("a burst larger than maxFrameBytes is split into several batches", async () => {
+  const maxFrameBytes = 4096;
+  const n1 = member("n1", { maxFrameBytes });
+  const n2 = member("n2", { maxFrameBytes });
+  await Promise.all([n1, n2].map((m) => m.transport.start()));
+  mesh([n1, n2]);
+  await waitFor("connected", () => allConnected(n1) && allConnected(n2));
+
+  const n = 40;
+  const sent = Array.from(
+    { length: n },
+    (_, i): PeerMessage => ({ type: "forward", requestId: i, command: new Uint8Array(1000).fill(i) }),
+  );
+  for (const m of sent) n1.transport.send("n2", m);
+  await waitFor("every message delivered", () => n2.received.length === n);
+  assert.deepStrictEqual(
+    n2.received.map((r) => r.message),
+    sent,
+  );
+  // A receiver refuses an oversized batch by closing the link, which n2.rejected would show; so
+  // the fewest messages possible is the number of full batches.
+  const perBatch = Math.floor((maxFrameBytes - FRAME_HEADER_BYTES) / (encodeFrame(sent[0]!).length + 4));
+  const wsMessages = n1.transport.stats().wsMessagesSent.n2 ?? 0;
+  assert.ok(wsMessages >= Math.ceil(n / perBatch) && wsMessages < n, `${wsMessages} WebSocket messages`);
+  assert.deepStrictEqual(n2.rejected, []);
+  await Promise.all([n1, n2].map((m) => m.transport.close()));
+});
+
+test("a batch with a malformed inner frame delivers what precedes it and counts one rejection", async () => {
+  const n1 = member("n1");
+  await n1.transport.start();
+  const raw = await dialRaw(`ws://${n1.address()}${PEER_PATH}`, { "X-Paxos-Member": "n3" });
+  assert.equal(raw.status, "open");
+  const bad = encodeFrame(commit(2)).slice();
+  bad[10]! ^= 0x01;
+  raw.ws.send(encodeBatch([encodeFrame(commit(0)), encodeFrame(commit(1)), bad, encodeFrame(commit(3))]));
+  raw.ws.send(encodeFrame(commit(4)));
+  await waitFor("the frame after the batch", () => n1.received.length === 3);
+  assert.deepStrictEqual(
+    n1.received.map((r) => r.message),
+    [commit(0), commit(1), commit(4)],
+  );
+  assert.deepStrictEqual(n1.transport.stats().rejectedFrames.n3, { checksum: 1 });
+  assert.equal(raw.ws.readyState, WebSocket.OPEN);
+  await closeRaw(raw.ws);
+  await n1.transport.close();
 });
