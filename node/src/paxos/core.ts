@@ -6,7 +6,6 @@
 // time arrives in `tick` events and randomness through the injected `random`.
 // The protocol and its safety argument are in README.md beside this file.
 
-import { valueSize } from "./codec.js";
 import {
   type AcceptedEntry,
   type Ballot,
@@ -218,7 +217,6 @@ export class PaxosCore {
 
   // Proposer state.
   private readonly queue: QueuedCommand[] = [];
-  private queuedBytes = 0;
   private valueSeq = 0;
   /** Values this member proposed, by instance, until that instance's outcome is known. */
   private readonly ownProposals = new Map<number, { valueId: string; requestIds: readonly number[] }>();
@@ -418,7 +416,6 @@ export class PaxosCore {
     if (this.role === "master") this.leaveMastership();
     for (const q of this.queue) this.out.failed.push({ requestId: q.requestId, reason: "not_proposed" });
     this.queue.length = 0;
-    this.queuedBytes = 0;
     this.role = "follower";
     this.candidate = null;
     this.mastership = null;
@@ -784,7 +781,6 @@ export class PaxosCore {
       return;
     }
     this.queue.push({ requestId, command });
-    this.queuedBytes += command.length;
   }
 
   /** Turn queued commands into new instances, as many as the pipeline window allows. */
@@ -812,7 +808,6 @@ export class PaxosCore {
       m.inFlight.set(instance, { value, acks: new Set(), sentAt: this.now });
       this.ownProposals.set(instance, { valueId: value.id, requestIds });
       entries.push({ instance, value });
-      this.queuedBytes -= bytes;
     }
     this.queue.splice(0, taken);
     if (entries.length > 0) this.broadcastNow({ type: "accept", ballot: m.ballot, entries });
@@ -853,11 +848,4 @@ export class PaxosCore {
     if (this.quorum === 1) return this.maybeCompleteReads();
     m.commitDirty = true;
   }
-
-  /** Approximate encoded size of queued commands (for metrics and back-pressure decisions). */
-  get queuedCommandBytes(): number {
-    return this.queuedBytes;
-  }
 }
-
-export { valueSize };
