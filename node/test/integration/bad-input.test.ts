@@ -45,8 +45,12 @@ test("a value over 1 MiB is refused with 413 and nothing is written", async () =
   assert.equal(fits.status, 200);
 });
 
+/**
+ * A raw peer link. It claims a name no member uses: claiming a real member's name would replace
+ * that member's live link, whose redial would then replace ours and cut off what we sent.
+ */
 function dial(port: number, token: string | null): WebSocket {
-  const headers: Record<string, string> = { "x-paxos-member": "n2" };
+  const headers: Record<string, string> = { "x-paxos-member": "intruder" };
   if (token !== null) headers.authorization = `Bearer ${token}`;
   return new WebSocket(`ws://127.0.0.1:${port}${PEER_PATH}`, { headers });
 }
