@@ -67,7 +67,6 @@ export class NodeRuntime implements KvService {
   private readonly localReads = new PendingRequests<number>();
   /** Read indexes asked of the master. */
   private readonly remoteReads = new PendingRequests<number>();
-  private readonly proposedAt = new Map<number, number>();
   /** When each peer last reached us. */
   private readonly lastHeardFrom = new Map<string, number>();
   private readonly requestTimeoutMs: number;
@@ -232,12 +231,9 @@ export class NodeRuntime implements KvService {
       m.chosenInstances.inc();
       if (c.requestIds === null) continue;
       m.batchCommands.observe(commands.length);
-      const now = performance.now();
       for (const requestId of c.requestIds) {
-        const at = this.proposedAt.get(requestId);
-        if (at !== undefined) m.commitLatency.observe((now - at) / 1000);
-        this.proposedAt.delete(requestId);
-        this.proposals.resolve(requestId, { instance: c.instance });
+        const elapsedMs = this.proposals.resolve(requestId, { instance: c.instance });
+        if (elapsedMs !== null) m.commitLatency.observe(elapsedMs / 1000);
       }
     }
   }
@@ -383,7 +379,6 @@ export class NodeRuntime implements KvService {
   private proposeHere(command: Uint8Array): Promise<WriteResult> {
     if (this.closing) return Promise.reject(new ServiceError("shutting_down", "the member is shutting down"));
     return this.proposals.start(this.requestTimeoutMs, timeoutError, (requestId) => {
-      this.proposedAt.set(requestId, performance.now());
       this.opts.metrics.proposals.inc();
       this.step({ type: "propose", requestId, command });
     });

@@ -55,12 +55,12 @@ export class ProgressWaiters {
   }
 }
 
-/** Outstanding requests by id, each with its own timeout. */
+/** Outstanding requests by id, each with its own timeout and its start time. */
 export class PendingRequests<T> {
   private nextId = 1;
   private readonly pending = new Map<
     number,
-    { resolve: (v: T) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+    { resolve: (v: T) => void; reject: (e: Error) => void; timer: NodeJS.Timeout; startedAt: number }
   >();
 
   get size(): number {
@@ -75,29 +75,32 @@ export class PendingRequests<T> {
         this.pending.delete(id);
         reject(onTimeout());
       }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
+      this.pending.set(id, { resolve, reject, timer, startedAt: performance.now() });
     });
     send(id);
     return promise;
   }
 
-  resolve(id: number, value: T): void {
-    const p = this.pending.get(id);
-    if (p === undefined) return;
-    this.pending.delete(id);
-    clearTimeout(p.timer);
-    p.resolve(value);
+  /** Settles the request; returns how long it was outstanding (ms), or null if it is gone. */
+  resolve(id: number, value: T): number | null {
+    const p = this.take(id);
+    p?.resolve(value);
+    return p === undefined ? null : performance.now() - p.startedAt;
   }
 
   reject(id: number, error: Error): void {
-    const p = this.pending.get(id);
-    if (p === undefined) return;
-    this.pending.delete(id);
-    clearTimeout(p.timer);
-    p.reject(error);
+    this.take(id)?.reject(error);
   }
 
   rejectAll(error: Error): void {
     for (const id of [...this.pending.keys()]) this.reject(id, error);
+  }
+
+  private take(id: number) {
+    const p = this.pending.get(id);
+    if (p === undefined) return undefined;
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    return p;
   }
 }
