@@ -35,6 +35,12 @@ export interface Config {
   /** Path of the shared-secret file; read it with readToken(). */
   readonly tokenFile: string | undefined;
   readonly holdCount: number;
+  /** Make a checkpoint once this many instances were executed since the last one. */
+  readonly checkpointEvery: number;
+  /** ... but not more often than this (milliseconds); 0 allows back-to-back checkpoints. */
+  readonly checkpointMinIntervalMs: number;
+  /** Safety valve: past this many bytes of PaxosLog, clean even while paused; undefined = off. */
+  readonly maxLogSize: number | undefined;
   /** An explicitly configured path; when undefined, resolveTerminationLog() picks the default if writable. */
   readonly terminationLog: string | undefined;
   readonly logLevel: LogLevel;
@@ -119,6 +125,27 @@ const OPTIONS = [
     arg: "N",
     defaultValue: "100000",
     help: "log entries kept below the checkpoint instance; any integer >= 0",
+  },
+  {
+    flag: "checkpoint-every",
+    env: "PAXOS_CHECKPOINT_EVERY",
+    arg: "N",
+    defaultValue: "100000",
+    help: "make a checkpoint once N instances were executed since the last one; integer >= 1",
+  },
+  {
+    flag: "checkpoint-min-interval",
+    env: "PAXOS_CHECKPOINT_MIN_INTERVAL",
+    arg: "SECONDS",
+    defaultValue: "60",
+    help: "at most one checkpoint per this many seconds; integer >= 0",
+  },
+  {
+    flag: "max-log-size",
+    env: "PAXOS_MAX_LOG_SIZE",
+    arg: "BYTES",
+    fallback: "none",
+    help: "safety valve: past this PaxosLog size the cleaner runs even while paused (it still keeps the log above the checkpoint bound)",
   },
   {
     flag: "termination-log",
@@ -245,6 +272,9 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Co
   const peers = parsePeers(required("peers"), member, memberSetting.source);
 
   const tokenFile = setting("token-file");
+  const maxLogSize = setting("max-log-size");
+  const checkpointEvery = parseCount(withDefault("checkpoint-every"));
+  if (checkpointEvery < 1) throw new ConfigError("--checkpoint-every must be at least 1");
   const terminationLog = setting("termination-log");
   return {
     member,
@@ -256,6 +286,9 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Co
     host: parseListenHost(withDefault("host")),
     tokenFile: tokenFile === undefined ? undefined : parsePath(tokenFile),
     holdCount: parseCount(withDefault("hold-count")),
+    checkpointEvery,
+    checkpointMinIntervalMs: parseCount(withDefault("checkpoint-min-interval")) * 1000,
+    maxLogSize: maxLogSize === undefined ? undefined : parseCount(maxLogSize),
     terminationLog: terminationLog === undefined ? undefined : parsePath(terminationLog),
     logLevel: parseLogLevel(withDefault("log-level")),
   };

@@ -11,6 +11,12 @@ import { createMetrics } from "./server/metrics.js";
 
 export const EXIT_OK = 0;
 export const EXIT_FATAL = 1;
+export const EXIT_CHECKPOINT_LOADED = 75;
+
+// Test hooks, off unless set: corrupt this chunk (0-based) of the first checkpoint this member
+// sends; delay every checkpoint chunk it sends by this many milliseconds.
+const CORRUPT_CHUNK_ENV = "PAXOS_TEST_CORRUPT_CHECKPOINT_CHUNK";
+const CHUNK_DELAY_ENV = "PAXOS_TEST_CHECKPOINT_CHUNK_DELAY_MS";
 
 function writeTerminationLog(path: string | undefined, line: string): void {
   if (path === undefined) return;
@@ -55,6 +61,17 @@ async function main(): Promise<void> {
   }
 
   const metrics = createMetrics({ member: config.member, group: config.group });
+  const testHook = (name: string): number | undefined => {
+    const v = process.env[name];
+    if (v === undefined || v === "") return undefined;
+    if (!/^\d+$/.test(v)) die(`${name} must be an integer >= 0`);
+    logger.warn({ [name]: v }, "test hook enabled");
+    return Number(v);
+  };
+  const corruptChunk = testHook(CORRUPT_CHUNK_ENV);
+  const chunkDelay = testHook(CHUNK_DELAY_ENV);
+  let stopping = false;
+  let stopHttp = async (): Promise<void> => {};
   let runtime: NodeRuntime;
   try {
     runtime = await NodeRuntime.open({
@@ -66,9 +83,30 @@ async function main(): Promise<void> {
       peerPort: config.peerPort,
       ...(token !== undefined ? { token } : {}),
       holdCount: config.holdCount,
+      checkpointEvery: config.checkpointEvery,
+      checkpointMinIntervalMs: config.checkpointMinIntervalMs,
+      ...(config.maxLogSize !== undefined ? { maxLogSize: config.maxLogSize } : {}),
+      ...(corruptChunk !== undefined ? { corruptChunkForTest: corruptChunk } : {}),
+      ...(chunkDelay !== undefined ? { chunkDelayMsForTest: chunkDelay } : {}),
       logger,
       metrics,
       onFatal: (e) => die(`storage failure: ${e.message}`, e),
+      onCheckpointLoaded: (instance, from) => {
+        if (stopping) return;
+        stopping = true;
+        const line = `checkpoint-loaded instance=${instance} from=${from}`;
+        logger.info({ instance, from }, "checkpoint loaded; exiting so that the member restarts from it");
+        writeTerminationLog(terminationLog, line);
+        // The checkpoint is installed on disk already: a failure while closing changes nothing.
+        void (async () => {
+          await stopHttp().catch(() => {});
+          await runtime
+            .close()
+            .catch((e: Error) => logger.warn({ err: e }, "closing after a checkpoint load"));
+          logger.flush?.();
+          process.exit(EXIT_CHECKPOINT_LOADED);
+        })();
+      },
     });
     await runtime.start();
   } catch (e) {
@@ -78,16 +116,17 @@ async function main(): Promise<void> {
     host: config.host,
     port: config.httpPort,
     service: runtime,
+    admin: runtime.adminRoutes(),
     metrics,
     logger: logger.child({ component: "http" }),
     ...(token !== undefined ? { token } : {}),
   }).catch((e: Error) => die(`cannot listen on the HTTP port ${config.httpPort}: ${e.message}`, e));
+  stopHttp = () => http.close();
   logger.info(
     { peerPort: runtime.peerPort, httpPort: http.port, peers: config.peers.map((p) => p.name) },
     "paxos-node serving",
   );
 
-  let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;

@@ -5,6 +5,9 @@
 import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
+import { CheckpointStore } from "../checkpoint/checkpoint-store.js";
+import { applyPendingInstall } from "../checkpoint/install.js";
+import { CHECKPOINT_PATH } from "../checkpoint/transfer.js";
 import {
   type CommittedEntry,
   type CoreEvent,
@@ -13,14 +16,16 @@ import {
   type Ready,
   type Timing,
 } from "../paxos/core.js";
-import type { Message } from "../paxos/types.js";
+import type { LogRecord, Message } from "../paxos/types.js";
+import type { AdminRoutes } from "../server/admin-routes.js";
 import type { Metrics } from "../server/metrics.js";
 import { type KvService, type NodeStatus, type ReadConsistency, ServiceError } from "../server/service.js";
 import { encodeKvCommand, type KvCommand } from "../sm/kv-command.js";
 import { KvStateMachine } from "../sm/kv-state-machine.js";
-import { PaxosLog } from "../storage/paxos-log.js";
+import { PaxosLog, type RecoveredLogState } from "../storage/paxos-log.js";
 import { isCoreMessage, type PeerMessage } from "../transport/peer-message.js";
 import { PeerTransport } from "../transport/peer-transport.js";
+import { CheckpointDriver } from "./checkpoints.js";
 import { PendingRequests, ProgressWaiters } from "./waiters.js";
 
 export interface RuntimeOptions {
@@ -33,6 +38,13 @@ export interface RuntimeOptions {
   readonly peerPort: number;
   readonly token?: string;
   readonly holdCount: number;
+  readonly checkpointEvery: number;
+  readonly checkpointMinIntervalMs: number;
+  readonly maxLogSize?: number;
+  /** Test hook, off by default: corrupt this chunk (0-based) of the first checkpoint sent. */
+  readonly corruptChunkForTest?: number;
+  /** Test hook, off by default: delay each checkpoint chunk sent by this many milliseconds. */
+  readonly chunkDelayMsForTest?: number;
   readonly logger: Logger;
   readonly metrics: Metrics;
   readonly timing?: Partial<Timing>;
@@ -41,9 +53,13 @@ export interface RuntimeOptions {
   readonly requestTimeoutMs?: number;
   /** Storage failed: the member cannot go on safely. The process entry exits 1. */
   readonly onFatal: (error: Error) => void;
+  /** A checkpoint from a peer is installed: the process entry exits 75 to start afresh from it. */
+  readonly onCheckpointLoaded: (instance: number, from: string) => void;
 }
 
 const TICK_MS = 10;
+/** Log records deleted per batch when a received checkpoint replaces the old log. */
+const INSTALL_DELETE_BATCH = 10_000;
 const LEARN_BATCH_COUNT = 512;
 const LEARN_BATCH_BYTES = 4 * 1024 * 1024;
 /** A member further behind the master than this is not ready. */
@@ -58,6 +74,7 @@ type WriteResult = { instance: number };
 export class NodeRuntime implements KvService {
   private readonly core: PaxosCore;
   private readonly transport: PeerTransport;
+  private readonly checkpoints: CheckpointDriver;
   private readonly executed: ProgressWaiters;
   /** Writes proposed here, by core request id. */
   private readonly proposals = new PendingRequests<WriteResult>();
@@ -84,9 +101,10 @@ export class NodeRuntime implements KvService {
     private readonly opts: RuntimeOptions,
     private readonly paxosLog: PaxosLog,
     private readonly sm: KvStateMachine,
-    recovered: Awaited<ReturnType<PaxosLog["recover"]>>,
+    recovered: RecoveredLogState,
     private readonly replayedOnStart: number,
-    private readonly minKept: number,
+    checkpointStore: CheckpointStore,
+    cleaner: Awaited<ReturnType<typeof CheckpointDriver.openCleaner>>,
   ) {
     this.log = opts.logger;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 10_000;
@@ -100,6 +118,14 @@ export class NodeRuntime implements KvService {
       recovered,
       ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
       ...(opts.window !== undefined ? { window: opts.window } : {}),
+    });
+    this.checkpoints = new CheckpointDriver(opts, checkpointStore, sm, cleaner, {
+      chosenUpTo: () => this.core.status().chosenUpTo,
+      quorum: () => this.core.quorum,
+      peerAddress: (member) => opts.peers.get(member),
+      otherMembers: () => [...opts.peers.keys()].filter((p) => p !== opts.member),
+      send: (to, message) => this.transport.send(to, message),
+      checkpointLoaded: (instance, from) => opts.onCheckpointLoaded(instance, from),
     });
     const m = opts.metrics;
     this.transport = new PeerTransport({
@@ -115,46 +141,91 @@ export class NodeRuntime implements KvService {
         dropped: (peer, count) => m.droppedMessages.inc({ peer }, count),
       },
       onMessage: (from, message) => this.onPeerMessage(from, message),
+      channels: { [CHECKPOINT_PATH]: (ws, member) => this.checkpoints.serve(ws, member) },
     });
   }
 
-  /** Opens storage, replays the log beyond the state machine, and builds the core. Not yet serving. */
+  /**
+   * Opens storage, installs a checkpoint received before the last exit, replays the log after the
+   * state machine's position, and builds the core. Not yet serving.
+   */
   static async open(opts: RuntimeOptions): Promise<NodeRuntime> {
     const m = opts.metrics;
-    const paxosLog = await PaxosLog.open(`${opts.dataDir}/log`, {
-      onSync: (seconds, records) => {
-        m.fsyncSeconds.observe(seconds);
-        m.batchRecords.observe(records);
-      },
-    });
+    const log = opts.logger;
+    const store = await CheckpointStore.open(
+      `${opts.dataDir}/checkpoints`,
+      log.child({ component: "checkpoint" }),
+    );
+    let paxosLog: PaxosLog | null = null;
     let sm: KvStateMachine | null = null;
     try {
+      paxosLog = await PaxosLog.open(`${opts.dataDir}/log`, {
+        onSync: (seconds, records) => {
+          m.fsyncSeconds.observe(seconds);
+          m.batchRecords.observe(records);
+        },
+      });
+      const openedLog = paxosLog;
+      const installed = await applyPendingInstall({
+        dataDir: opts.dataDir,
+        store,
+        logger: log,
+        // Everything up to the checkpoint is reflected in it: older votes and chosen values of this
+        // member's previous life are obsolete, and a gap below them would only mislead learners.
+        beforeComplete: async (instance) => {
+          const durably = { sync: true };
+          while ((await openedLog.deleteBelow(instance + 1, INSTALL_DELETE_BATCH, durably)).deleted > 0);
+        },
+      });
+      if (installed !== null)
+        log.info({ instance: installed }, "installed the checkpoint received from a peer");
       sm = await KvStateMachine.open(`${opts.dataDir}/sm`, {
+        checkpoints: store,
         onMalformedCommand: (instance, index, err) =>
-          opts.logger.warn({ instance, index, err }, "skipped a malformed command (every member skips it)"),
+          log.warn({ instance, index, err }, "skipped a malformed command (every member skips it)"),
         onWriteFailure: (err) => opts.onFatal(err),
       });
-      const recovered = await paxosLog.recover();
-      const from = sm.lastExecutedInstance() + 1;
+      const executed = sm.lastExecutedInstance();
+      const recovered = withExecutedPrefix(await paxosLog.recover(), executed);
+      if (recovered.chosenUpTo > executed && recovered.minInstance > executed + 1) {
+        throw new Error(
+          `the PaxosLog lacks instances ${executed + 1}..${recovered.minInstance - 1} right after the state ` +
+            `machine's instance ${executed} (checkpoint ${store.instanceId()}): refusing to start with a gap. ` +
+            "Move the data directory away to let this member fetch a checkpoint from a peer.",
+        );
+      }
       let replayed = 0;
-      for await (const e of paxosLog.replay(from, recovered.chosenUpTo)) {
+      for await (const e of paxosLog.replay(executed + 1, recovered.chosenUpTo)) {
         await sm.execute(e.instance, e.value.kind === "commands" ? e.value.commands : []);
         replayed++;
       }
-      opts.logger.info(
-        { chosenUpTo: recovered.chosenUpTo, replayed, promised: recovered.promised },
-        "recovered the PaxosLog and replayed it into the state machine",
+      log.info(
+        {
+          checkpoint: store.instanceId(),
+          stateMachineAt: executed,
+          chosenUpTo: recovered.chosenUpTo,
+          replayed,
+          promised: recovered.promised,
+        },
+        "recovered the PaxosLog and replayed what the state machine lacked",
       );
-      return new NodeRuntime(opts, paxosLog, sm, recovered, replayed, recovered.minInstance);
+      const openedSm = sm;
+      // Executed instances are chosen, and the cleaner only needs a bound it must never pass.
+      const cleaner = await CheckpointDriver.openCleaner(opts, paxosLog, sm, () =>
+        openedSm.lastExecutedInstance(),
+      );
+      return new NodeRuntime(opts, paxosLog, sm, recovered, replayed, store, cleaner);
     } catch (e) {
       await sm?.close();
-      await paxosLog.close();
+      await paxosLog?.close();
+      await store.close();
       throw e;
     }
   }
 
   async start(): Promise<void> {
     await this.transport.start();
+    this.checkpoints.start();
     this.tickTimer = setInterval(() => this.step({ type: "tick", now: performance.now() }), TICK_MS);
     this.updateGauges();
   }
@@ -213,6 +284,7 @@ export class NodeRuntime implements KvService {
       else this.transport.send(env.to, env.message);
     }
     for (const load of rd.loads) {
+      if (this.checkpoints.answerIfCompacted(load.to, load.from)) continue;
       this.paxosLog
         .readChosen(load.from, LEARN_BATCH_COUNT, LEARN_BATCH_BYTES)
         .then((entries) => this.step({ type: "learnLoaded", to: load.to, entries }))
@@ -306,6 +378,9 @@ export class NodeRuntime implements KvService {
               index: 0,
             }),
         );
+        return;
+      case "learnCompacted":
+        this.checkpoints.onCompacted(from, message);
         return;
       case "readIndexReply":
         if (message.outcome === "ok") this.remoteReads.resolve(message.requestId, message.index);
@@ -440,11 +515,11 @@ export class NodeRuntime implements KvService {
         chosen: s.chosenUpTo,
         executed: this.executed.value,
         checkpoint: this.sm.getCheckpointInstanceId(),
-        minKept: this.minKept,
+        minKept: this.checkpoints.minKept(),
         replayedOnStart: this.replayedOnStart,
       },
-      cleaner: { state: "paused", until: null, holdCount: this.opts.holdCount },
-      transfer: null,
+      cleaner: this.checkpoints.cleanerSettings(),
+      transfer: this.checkpoints.transferStatus(),
     };
   }
 
@@ -457,7 +532,17 @@ export class NodeRuntime implements KvService {
 
   isReady(): boolean {
     const s = this.core.status();
-    return !this.closing && s.master !== null && s.knownChosenUpTo - this.executed.value <= READY_MAX_LAG;
+    return (
+      !this.closing &&
+      !this.checkpoints.isReceiving() &&
+      s.master !== null &&
+      s.knownChosenUpTo - this.executed.value <= READY_MAX_LAG
+    );
+  }
+
+  /** Cleaner and checkpoint admin calls, for the HTTP server's admin table. */
+  adminRoutes(): AdminRoutes {
+    return this.checkpoints.adminRoutes();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -475,6 +560,7 @@ export class NodeRuntime implements KvService {
     for (const p of [this.proposals, this.forwards, this.localReads, this.remoteReads]) p.rejectAll(stopped);
     this.executed.rejectAll(stopped);
     await this.transport.close();
+    await this.checkpoints.close();
     await this.pipeline;
     await this.execution;
     await this.sm.close();
@@ -527,4 +613,20 @@ function forwardError(outcome: "not_master" | "no_quorum" | "overloaded" | "time
     case "timeout":
       return timeoutError();
   }
+}
+
+/**
+ * The log state as seen from a state machine that already reflects every instance <= executed
+ * (after a checkpoint was installed, the log may end below it or hold stale records there).
+ */
+function withExecutedPrefix(r: RecoveredLogState, executed: number): RecoveredLogState {
+  if (executed <= r.chosenUpTo) return r;
+  let chosenUpTo = executed;
+  const unchosen: LogRecord[] = [];
+  for (const rec of r.unchosen) {
+    if (rec.instance <= chosenUpTo) continue;
+    if (unchosen.length === 0 && rec.chosen && rec.instance === chosenUpTo + 1) chosenUpTo = rec.instance;
+    else unchosen.push(rec);
+  }
+  return { ...r, chosenUpTo, unchosen };
 }

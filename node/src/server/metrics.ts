@@ -51,6 +51,28 @@ export interface Metrics {
   readonly role: Gauge<"role">;
   /** paxos_member_lag{peer}: instances `peer` is behind the master, as far as this member knows. */
   readonly memberLag: Gauge<"peer">;
+  /** paxos_checkpoint_instance: instance of the current checkpoint (-1: none). */
+  readonly checkpointInstance: Gauge;
+  /** paxos_checkpoint_make_seconds: duration of making one checkpoint. */
+  readonly checkpointMakeSeconds: Histogram;
+  /** paxos_checkpoint_pause_seconds: how long making a checkpoint held up the state machine. */
+  readonly checkpointPauseSeconds: Histogram;
+  /** paxos_log_min_kept: lowest instance still in the PaxosLog. */
+  readonly logMinKept: Gauge;
+  /** paxos_cleaner_running: 1 while the cleaner may delete, 0 while paused. */
+  readonly cleanerRunning: Gauge;
+  /** paxos_cleaner_deleted_total: PaxosLog entries deleted by the cleaner. */
+  readonly cleanerDeleted: Counter;
+  /** paxos_cleaner_forced_total: times the log passed --max-log-size and was cleaned while paused. */
+  readonly cleanerForced: Counter;
+  /** paxos_checkpoint_transfer_bytes_total{direction}: checkpoint bytes sent or received. */
+  readonly transferBytes: Counter<"direction">;
+  /** paxos_checkpoint_transfer_files_total{direction}: checkpoint files sent or received completely. */
+  readonly transferFiles: Counter<"direction">;
+  /** paxos_checkpoint_transfers_total{direction,outcome}: finished transfers, "ok" or "failed". */
+  readonly transfers: Counter<"direction" | "outcome">;
+  /** paxos_checkpoint_transfer_active{direction}: transfers in progress. */
+  readonly transfersActive: Gauge<"direction">;
   setRole(role: Role): void;
   /** Records one answered HTTP request. `route` is a template, never a raw path (bounded cardinality). */
   observeHttpRequest(route: string, status: number, seconds: number): void;
@@ -157,6 +179,67 @@ export function createMetrics(labels: { member: string; group: string }): Metric
       name: "paxos_member_lag",
       help: "Instances the peer is behind the master, as far as this member knows",
       labelNames: ["peer"] as const,
+      registers,
+    }),
+    checkpointInstance: new Gauge({
+      name: "paxos_checkpoint_instance",
+      help: "Instance of the current checkpoint: every instance <= it is reflected in it (-1: none)",
+      registers,
+    }),
+    checkpointMakeSeconds: new Histogram({
+      name: "paxos_checkpoint_make_seconds",
+      help: "Duration of making one checkpoint",
+      buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300],
+      registers,
+    }),
+    checkpointPauseSeconds: new Histogram({
+      name: "paxos_checkpoint_pause_seconds",
+      help: "How long making one checkpoint held up the state machine",
+      buckets: [0.00001, 0.0001, 0.001, 0.01, 0.1, 1],
+      registers,
+    }),
+    logMinKept: new Gauge({
+      name: "paxos_log_min_kept",
+      help: "Lowest instance still in the PaxosLog",
+      registers,
+    }),
+    cleanerRunning: new Gauge({
+      name: "paxos_cleaner_running",
+      help: "1 while the PaxosLog cleaner may delete, 0 while it is paused",
+      registers,
+    }),
+    cleanerDeleted: new Counter({
+      name: "paxos_cleaner_deleted_total",
+      help: "PaxosLog entries deleted by the cleaner",
+      registers,
+    }),
+    cleanerForced: new Counter({
+      name: "paxos_cleaner_forced_total",
+      help: "Times the PaxosLog grew past --max-log-size and was cleaned although the cleaner was paused",
+      registers,
+    }),
+    transferBytes: new Counter({
+      name: "paxos_checkpoint_transfer_bytes_total",
+      help: "Checkpoint bytes sent to or received from peers",
+      labelNames: ["direction"] as const,
+      registers,
+    }),
+    transferFiles: new Counter({
+      name: "paxos_checkpoint_transfer_files_total",
+      help: "Checkpoint files sent to or received from peers completely",
+      labelNames: ["direction"] as const,
+      registers,
+    }),
+    transfers: new Counter({
+      name: "paxos_checkpoint_transfers_total",
+      help: "Finished checkpoint transfers by direction and outcome",
+      labelNames: ["direction", "outcome"] as const,
+      registers,
+    }),
+    transfersActive: new Gauge({
+      name: "paxos_checkpoint_transfer_active",
+      help: "Checkpoint transfers in progress",
+      labelNames: ["direction"] as const,
       registers,
     }),
     setRole(current: Role): void {

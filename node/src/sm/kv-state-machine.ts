@@ -3,6 +3,10 @@
 // Layout: "d" + UTF-8 key -> framed value bytes; "m" -> framed 8-byte big-endian last executed
 // instance. Both use the PaxosLog's CRC framing, verified on every read.
 
+import { rm } from "node:fs/promises";
+import { performance } from "node:perf_hooks";
+import type { CheckpointStore } from "../checkpoint/checkpoint-store.js";
+import { KvDumpWriter } from "../checkpoint/kv-dump.js";
 import { decodeInstance, encodeInstance, frame, unframe } from "../storage/framing.js";
 import { RocksStore, type StoreOp } from "../storage/rocks.js";
 import { decodeKvCommand } from "./kv-command.js";
@@ -19,13 +23,52 @@ export interface KvStateMachineObserver {
   onWriteFailure?(error: Error): void;
 }
 
+export interface KvStateMachineOptions extends KvStateMachineObserver {
+  /** Where checkpoints live; without it the state machine has none and cannot make one. */
+  readonly checkpoints?: CheckpointStore;
+  /** Size limit of one checkpoint data file (default 256 MiB). */
+  readonly checkpointFileBytes?: number;
+}
+
+/** What makeCheckpoint() did. */
+export interface CheckpointMade {
+  readonly instanceId: number;
+  /** How long execute() and every other caller were held up: the synchronous creation of the snapshot iterator. */
+  readonly pauseMs: number;
+  readonly durationMs: number;
+  /** Size of the data files. */
+  readonly bytes: number;
+  /** Key-value pairs in the dump, the marker included. */
+  readonly entries: number;
+}
+
 const DATA_PREFIX = "d";
-const META_LAST_EXECUTED = Buffer.from("m");
-const CHECKPOINTS_UNAVAILABLE = "checkpoints are not available in this version";
+/** Sorts after every "d" key, so a full scan reads it last, from the same snapshot as the data. */
+export const KV_META_LAST_EXECUTED = Buffer.from("m");
+/**
+ * Never present: a synced delete of it is the cheapest synced write, and it makes every earlier
+ * write of the database durable (RocksDB syncs the whole write-ahead log up to it).
+ */
+const SYNC_KEY = Buffer.from("s");
+
+/** The last executed instance recorded in a KV database (-1 when none). */
+export async function readKvLastExecuted(store: RocksStore): Promise<number> {
+  const stored = await store.get(KV_META_LAST_EXECUTED);
+  const what = "KV state machine meta lastExecuted";
+  return stored === undefined ? -1 : decodeInstance(unframe(stored, what), what);
+}
+
+/** Makes every write already applied to the KV database durable. */
+export function syncKvDatabase(store: RocksStore): Promise<void> {
+  return store.batch([{ type: "del", key: SYNC_KEY }], { sync: true });
+}
 
 function dataKey(key: string): Buffer {
   return Buffer.from(DATA_PREFIX + key, "utf8");
 }
+
+/** Per trip of the checkpoint scan to RocksDB's thread pool: far fewer trips than the default 16 KiB. */
+const SCAN_READ_AHEAD_BYTES = 256 * 1024;
 
 /** Executed batches waiting for RocksDB; past this many, execute() waits for the disk. */
 const MAX_UNWRITTEN_BATCHES = 1024;
@@ -33,6 +76,8 @@ const MAX_UNWRITTEN_BATCHES = 1024;
 export class KvStateMachine implements StateMachine {
   /** Highest instance reflected in the visible state (RocksDB plus the unwritten overlay). */
   private lastExecuted: number;
+  /** Highest instance whose batch RocksDB has applied (not necessarily synced). */
+  private writtenUpTo: number;
   /**
    * Executed but not yet written: key -> value (null = deleted) and the instance that set it.
    * Reads consult it first, so a write is visible the moment it is executed, without waiting
@@ -47,22 +92,23 @@ export class KvStateMachine implements StateMachine {
   /** A failed write leaves RocksDB behind the visible state, so every later execute() must fail too. */
   private failure: Error | undefined;
   private closing: Promise<void> | undefined;
+  /** The running makeCheckpoint(); a second call joins it. */
+  private making: Promise<CheckpointMade | null> | null = null;
+  private makerPaused = false;
 
   private constructor(
     private readonly store: RocksStore,
     lastExecuted: number,
-    private readonly observer: KvStateMachineObserver,
+    private readonly options: KvStateMachineOptions,
   ) {
     this.lastExecuted = lastExecuted;
+    this.writtenUpTo = lastExecuted;
   }
 
-  static async open(dir: string, observer: KvStateMachineObserver = {}): Promise<KvStateMachine> {
+  static async open(dir: string, options: KvStateMachineOptions = {}): Promise<KvStateMachine> {
     const store = await RocksStore.open(dir);
     try {
-      const stored = await store.get(META_LAST_EXECUTED);
-      const what = "KV state machine meta lastExecuted";
-      const lastExecuted = stored === undefined ? -1 : decodeInstance(unframe(stored, what), what);
-      return new KvStateMachine(store, lastExecuted, observer);
+      return new KvStateMachine(store, await readKvLastExecuted(store), options);
     } catch (err) {
       await store.close();
       throw err;
@@ -103,7 +149,7 @@ export class KvStateMachine implements StateMachine {
       try {
         command = decodeKvCommand(bytes);
       } catch (err) {
-        this.observer.onMalformedCommand?.(
+        this.options.onMalformedCommand?.(
           instance,
           index,
           err instanceof Error ? err : new Error(String(err)),
@@ -119,7 +165,7 @@ export class KvStateMachine implements StateMachine {
         ops.push({ type: "del", key: dataKey(command.key) });
       }
     });
-    ops.push({ type: "put", key: META_LAST_EXECUTED, value: frame(encodeInstance(instance)) });
+    ops.push({ type: "put", key: KV_META_LAST_EXECUTED, value: frame(encodeInstance(instance)) });
     this.lastExecuted = instance;
     this.unwritten.push({ instance, ops, keys });
     this.startWriting();
@@ -136,6 +182,7 @@ export class KvStateMachine implements StateMachine {
     this.writing = this.store.batch(ops, { sync: false }).then(
       () => {
         this.writing = null;
+        this.writtenUpTo = batches.at(-1)!.instance;
         for (const b of batches) {
           for (const key of b.keys)
             if (this.overlay.get(key)?.instance === b.instance) this.overlay.delete(key);
@@ -146,7 +193,7 @@ export class KvStateMachine implements StateMachine {
       (err: unknown) => {
         this.writing = null;
         this.failure ??= err instanceof Error ? err : new Error(String(err));
-        this.observer.onWriteFailure?.(this.failure);
+        this.options.onWriteFailure?.(this.failure);
         for (const r of this.drained.splice(0)) r();
       },
     );
@@ -165,32 +212,155 @@ export class KvStateMachine implements StateMachine {
     return stored === undefined ? undefined : unframe(stored, `KV value of key ${JSON.stringify(key)}`);
   }
 
-  /** No checkpoint exists in this version: the whole log is replayed on start. */
   getCheckpointInstanceId(): number {
-    return -1;
+    return this.options.checkpoints?.instanceId() ?? -1;
   }
 
-  /** Nothing to do: this version keeps no separate checkpoint store to feed. */
+  /** Nothing to feed: checkpoints are snapshots of the live database, not a second copy. */
   async executeForCheckpoint(_instance: number, _commands: readonly Uint8Array[]): Promise<void> {}
 
-  async lockCheckpointState(): Promise<void> {
-    throw new Error(CHECKPOINTS_UNAVAILABLE);
+  async lockCheckpointState(): Promise<CheckpointState> {
+    return this.checkpointStore("lockCheckpointState").lock();
   }
 
-  async getCheckpointState(): Promise<CheckpointState> {
-    throw new Error(CHECKPOINTS_UNAVAILABLE);
+  getCheckpointState(): CheckpointState | null {
+    return this.options.checkpoints?.current() ?? null;
   }
 
-  /** Nothing to release: lockCheckpointState() never succeeds in this version. */
-  unlockCheckpointState(): void {}
-
-  async loadCheckpointState(_state: CheckpointState): Promise<void> {
-    throw new Error(CHECKPOINTS_UNAVAILABLE);
+  unlockCheckpointState(state: CheckpointState): void {
+    this.checkpointStore("unlockCheckpointState").unlock(state);
   }
 
-  /** Writes every executed batch, then closes RocksDB. Idempotent. */
+  /**
+   * Commits to a verified checkpoint received from a peer (`state.dir` from the store's tempDir(),
+   * holding the files and manifest.json). The live state is replaced at the next start, by
+   * applyPendingInstall; until then nothing of the old state changes.
+   */
+  async loadCheckpointState(state: CheckpointState): Promise<void> {
+    await this.checkpointStore("loadCheckpointState").install(state.dir, state.instanceId);
+  }
+
+  /** While paused, makeCheckpoint() makes none (a running one finishes). */
+  pauseCheckpointMaker(): void {
+    this.makerPaused = true;
+  }
+
+  continueCheckpointMaker(): void {
+    this.makerPaused = false;
+  }
+
+  isCheckpointMakerPaused(): boolean {
+    return this.makerPaused;
+  }
+
+  /**
+   * Dumps the database as of one moment into a new checkpoint. Resolves to null, making none,
+   * when the maker is paused, when the database holds no instance above the current checkpoint,
+   * or when close() interrupted it. A call while one runs joins it.
+   */
+  makeCheckpoint(): Promise<CheckpointMade | null> {
+    if (this.closing)
+      return Promise.reject(new Error("KV state machine is closed: makeCheckpoint() called after close()"));
+    if (this.making !== null) return this.making;
+    if (this.makerPaused) return Promise.resolve(null);
+    let store: CheckpointStore;
+    try {
+      store = this.checkpointStore("makeCheckpoint");
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const making = this.dumpCheckpoint(store).finally(() => {
+      this.making = null;
+    });
+    this.making = making;
+    return making;
+  }
+
+  private async dumpCheckpoint(checkpoints: CheckpointStore): Promise<CheckpointMade | null> {
+    const started = performance.now();
+    const target = this.lastExecuted;
+    if (target <= checkpoints.instanceId()) return null;
+    // A checkpoint made now should hold everything executed before this call, so wait until
+    // RocksDB has it (execute() goes on meanwhile; the snapshot below may include even more).
+    while (this.writtenUpTo < target && this.writing !== null && !this.closing) await this.writing;
+    if (this.failure)
+      throw new Error(
+        `KV state machine: cannot make a checkpoint after a failed write: ${this.failure.message}`,
+      );
+    if (this.closing) return null;
+    const tmpDir = await checkpoints.tempDir();
+    let writer: KvDumpWriter | null = null;
+    try {
+      writer = await KvDumpWriter.create(tmpDir, {
+        ...(this.options.checkpointFileBytes !== undefined
+          ? { maxFileBytes: this.options.checkpointFileBytes }
+          : {}),
+      });
+      const scan = this.store.iterate({ readAheadBytes: SCAN_READ_AHEAD_BYTES });
+      // The native iterator (and with it RocksDB's snapshot) is created synchronously inside this
+      // first next(); that is the only moment this maker holds up the event loop on its own.
+      const snapshotAt = performance.now();
+      let step = scan.next();
+      const pauseMs = performance.now() - snapshotAt;
+      let last: [Buffer, Buffer] | undefined;
+      try {
+        for (let entry = await step; !entry.done; entry = await step) {
+          if (this.closing) return null;
+          last = entry.value;
+          const wait = writer.add(entry.value[0], entry.value[1]);
+          if (wait !== undefined) await wait;
+          step = scan.next();
+        }
+      } finally {
+        await scan.return(undefined);
+      }
+      if (last === undefined || !last[0].equals(KV_META_LAST_EXECUTED))
+        throw new Error(
+          "KV database snapshot has no last-executed marker as its last key; cannot make a checkpoint",
+        );
+      const what = "KV state machine meta lastExecuted (checkpoint snapshot)";
+      const instanceId = decodeInstance(unframe(last[1], what), what);
+      const dump = await writer.finish();
+      writer = null;
+      if (instanceId <= checkpoints.instanceId() || this.closing) return null;
+      // The cleaner may delete the log below this checkpoint once it is published, so the
+      // database must not lose anything up to its instance in a crash.
+      await syncKvDatabase(this.store);
+      await checkpoints.publish(tmpDir, {
+        format: 1,
+        instanceId,
+        createdAt: new Date().toISOString(),
+        entries: dump.entries,
+        files: dump.files,
+      });
+      return {
+        instanceId,
+        pauseMs,
+        durationMs: performance.now() - started,
+        bytes: dump.bytes,
+        entries: dump.entries,
+      };
+    } finally {
+      await writer?.abort();
+      // publish() renamed the folder when it succeeded; otherwise this removes the partial dump.
+      await rm(tmpDir, { recursive: true, force: true });
+    }
+  }
+
+  private checkpointStore(what: string): CheckpointStore {
+    const store = this.options.checkpoints;
+    if (store === undefined)
+      throw new Error(`KV state machine: ${what}() needs a checkpoint store, and none was configured`);
+    return store;
+  }
+
+  /**
+   * Stops a running makeCheckpoint() (its partial dump is removed), writes every executed batch,
+   * then closes RocksDB. Idempotent. The checkpoint store belongs to the caller and stays open.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      await this.making?.catch(() => {});
       while (this.writing !== null) await this.writing;
       await this.store.close();
     })();

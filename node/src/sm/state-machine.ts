@@ -35,13 +35,18 @@ export interface StateMachine {
   /** Highest instance fully reflected in the current checkpoint; -1 when there is none. */
   getCheckpointInstanceId(): number;
 
-  /** Forbid any change, move or delete of the checkpoint files until unlocked. */
-  lockCheckpointState(): Promise<void>;
+  /**
+   * Forbids any change, move or delete of the current checkpoint's files until unlocked, and
+   * returns it (PhxPaxos's Lock and Get in one step, so the caller holds exactly what it locked).
+   * Locks count; rejects when there is no checkpoint.
+   */
+  lockCheckpointState(): Promise<CheckpointState>;
 
-  /** The locked checkpoint's directory and files. Only valid between lock and unlock. */
-  getCheckpointState(): Promise<CheckpointState>;
+  /** The current checkpoint without locking it (a newer one may delete it), or null when none. */
+  getCheckpointState(): CheckpointState | null;
 
-  unlockCheckpointState(): void;
+  /** Releases one lock taken by lockCheckpointState(). */
+  unlockCheckpointState(state: CheckpointState): void;
 
   /**
    * Replace the whole state with a verified checkpoint received from a peer. Atomic: on failure

@@ -43,6 +43,13 @@ export interface RecoveredLogState {
   unchosen: LogRecord[];
 }
 
+export interface DeleteBelowResult {
+  /** Log records deleted by this call. */
+  deleted: number;
+  /** The log's minKept() after the call. */
+  minKept: number;
+}
+
 export interface PaxosLogObserver {
   /** One synced batch was written: how long the write took and how many log records it held. */
   onSync?(seconds: number, records: number): void;
@@ -85,6 +92,13 @@ export class PaxosLog {
   /** Set when a synced write failed: whether any of it reached the disk is unknown, so stop. */
   private failure: Error | undefined;
   private closing: Promise<void> | undefined;
+  /**
+   * Every instance below it is absent from the log (see minKept()). Unknown until recover() or
+   * deleteBelow() has looked at the log.
+   */
+  private lowest: number | undefined;
+  /** The deleteBelow() in flight: calls run one after another, and close() waits for them. */
+  private deleting: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly store: RocksStore,
@@ -119,6 +133,11 @@ export class PaxosLog {
       ops = encodeBatch(batch);
     } catch (err) {
       return Promise.reject(err);
+    }
+    // Rewriting an instance the cleaner already deleted brings it back: minKept() must not claim
+    // it is gone.
+    for (const rec of batch.records) {
+      if (this.lowest !== undefined && rec.instance < this.lowest) this.lowest = rec.instance;
     }
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ ops, sync, resolve, reject });
@@ -190,7 +209,99 @@ export class PaxosLog {
     for await (const [key] of this.store.iterate({ gte: Buffer.from([LOG_PREFIX]), lt: LOG_END, limit: 1 })) {
       minInstance = decodeInstance(key.subarray(1), "PaxosLog key");
     }
+    this.lowest = minInstance;
     return { promised, chosenUpTo, minInstance, unchosen };
+  }
+
+  /**
+   * A lower bound of the instances in the log: every instance below it is absent (deleted by the
+   * cleaner or never written). It is the lowest instance present, except when nothing at or above
+   * it has been written yet (an empty log reports chosenUpTo+1, as recover() does). Known once
+   * recover() or deleteBelow() has run.
+   */
+  minKept(): number {
+    if (this.lowest === undefined) {
+      throw new Error("PaxosLog.minKept() is unknown before recover() or deleteBelow() has read the log");
+    }
+    return this.lowest;
+  }
+
+  /**
+   * Deletes the log records with instance < bound, lowest first, at most maxCount of them, in one
+   * RocksDB batch. By default the batch is not synced: a deletion lost in a crash only means the
+   * records are there again, and the next call deletes them again (`sync: true` is for callers that
+   * must not see them again). Never touches the meta keys. Calls run one after another. The space
+   * comes back only once compactLog() has run over the range.
+   */
+  async deleteBelow(
+    bound: number,
+    maxCount: number,
+    options: { sync?: boolean } = {},
+  ): Promise<DeleteBelowResult> {
+    this.assertOpen("deleteBelow");
+    checkInstance("deleteBelow bound", bound, 0);
+    checkInstance("deleteBelow maxCount", maxCount, 1);
+    if (this.failure) {
+      throw new Error(`PaxosLog is unusable after a failed synced write: ${this.failure.message}`, {
+        cause: this.failure,
+      });
+    }
+    const run = this.deleting.then(() => this.deleteBelowNow(bound, maxCount, options.sync ?? false));
+    this.deleting = run.catch(() => undefined);
+    return run;
+  }
+
+  private async deleteBelowNow(bound: number, maxCount: number, sync: boolean): Promise<DeleteBelowResult> {
+    const start = this.lowest;
+    if (start !== undefined && start >= bound) return { deleted: 0, minKept: start };
+    const keys: Buffer[] = [];
+    // The first key at or above the bound (or past the count) becomes the new minKept; reading it
+    // in the same scan saves a second seek over the fresh tombstones.
+    let next: number | undefined;
+    for await (const key of this.store.keys({
+      gte: start === undefined ? Buffer.from([LOG_PREFIX]) : logKey(start),
+      lt: LOG_END,
+      // The binding takes a 32-bit limit; beyond it, the loop below stops by itself.
+      ...(maxCount < 0x7fffffff ? { limit: maxCount + 1 } : {}),
+    })) {
+      const instance = decodeInstance(key.subarray(1), `PaxosLog key ${key.toString("hex")}`);
+      if (instance >= bound || keys.length === maxCount) {
+        next = instance;
+        break;
+      }
+      keys.push(key);
+    }
+    if (keys.length > 0) {
+      await this.store.batch(
+        keys.map((key) => ({ type: "del", key })),
+        { sync },
+      );
+    }
+    // Nothing left at or above the scan's start: everything below the bound is gone.
+    let lowest = next ?? bound;
+    // A persist() during the scan may have written an instance below the new value.
+    const current = this.lowest;
+    if (current !== undefined && (start === undefined || current < start)) lowest = Math.min(lowest, current);
+    this.lowest = lowest;
+    return { deleted: keys.length, minKept: lowest };
+  }
+
+  /**
+   * Compacts the keys of instances from..to-1 (normally a range deleteBelow() emptied), so that
+   * RocksDB drops the deleted records and their tombstones and the disk space really comes back.
+   */
+  async compactLog(from: number, to: number): Promise<void> {
+    this.assertOpen("compactLog");
+    checkInstance("compactLog from", from, 0);
+    checkInstance("compactLog to", to, 0);
+    if (to <= from) return;
+    await this.store.compactRange(logKey(from), logKey(to));
+  }
+
+  /** RocksDB's estimate of the disk bytes taken by log records (flushed files; not the memtable). */
+  approximateLogBytes(): Promise<number> {
+    this.assertOpen("approximateLogBytes");
+    return this.store.approximateSize(Buffer.from([LOG_PREFIX]), LOG_END);
   }
 
   /**
@@ -253,6 +364,7 @@ export class PaxosLog {
         this.startFlush();
         await this.writing;
       }
+      await this.deleting;
       await this.store.close();
     })();
     return this.closing;

@@ -36,6 +36,17 @@ export type RuntimeMessage =
       readonly requestId: number;
       readonly outcome: ReadIndexOutcome;
       readonly index: number;
+    }
+  /**
+   * The answer to a learn request for `from` when this member's log no longer holds it: the
+   * cleaner has deleted everything below `minKept`, and `checkpoint` is the instance of the
+   * checkpoint this member can send instead (-1 when it has none).
+   */
+  | {
+      readonly type: "learnCompacted";
+      readonly from: number;
+      readonly minKept: number;
+      readonly checkpoint: number;
     };
 
 export type PeerMessage = Message | RuntimeMessage;
@@ -47,6 +58,7 @@ export const RUNTIME_MESSAGE_TYPE_CODES = {
   forwardReply: 65,
   readIndex: 66,
   readIndexReply: 67,
+  learnCompacted: 68,
 } as const satisfies Record<RuntimeMessage["type"], number>;
 
 export const PEER_MESSAGE_TYPE_CODES = {
@@ -106,6 +118,9 @@ export function writePeerMessageBody(w: Writer, m: PeerMessage): void {
     case "readIndexReply":
       w.uint(m.requestId).u8(outcomeCode(READ_INDEX_OUTCOMES, m.outcome)).point(m.index);
       return;
+    case "learnCompacted":
+      w.uint(m.from).uint(m.minKept).point(m.checkpoint);
+      return;
     default:
       writeMessageBody(w, m);
   }
@@ -136,6 +151,9 @@ export function readPeerMessageBody(code: number, r: Reader): PeerMessage {
         outcome: readOutcome(READ_INDEX_OUTCOMES, r),
         index: r.point(),
       };
+      break;
+    case RUNTIME_MESSAGE_TYPE_CODES.learnCompacted:
+      m = { type: "learnCompacted", from: r.uint(), minKept: r.uint(), checkpoint: r.point() };
       break;
     default:
       return readMessageBody(code, r);

@@ -63,6 +63,11 @@ export interface PeerTransportOptions {
   onMessage(from: string, message: PeerMessage): void;
   /** Jitter source, defaults to Math.random. */
   random?: () => number;
+  /**
+   * Other WebSocket services on the peer port, by path (checkpoint transfer). Their connections
+   * pass the same token and member-header checks as peer links, then belong to the handler.
+   */
+  channels?: Readonly<Record<string, (ws: WebSocket, member: string) => void>>;
 }
 
 export interface TransportStats {
@@ -691,7 +696,8 @@ export class PeerTransport {
     // Metric labels must not come from unauthenticated input: strangers count as "unknown".
     const label = member !== undefined && this.peers.has(member) ? member : UNKNOWN_PEER;
     const path = (req.url ?? "").split("?")[0];
-    if (path !== PEER_PATH) {
+    const channel = path === undefined || path === PEER_PATH ? undefined : this.opts.channels?.[path];
+    if (path !== PEER_PATH && channel === undefined) {
       refuse(socket, 404, `no such path; peers connect to ${PEER_PATH}`);
       return;
     }
@@ -711,7 +717,11 @@ export class PeerTransport {
       });
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.acceptInbound(member, ws, remote));
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      if (channel === undefined) this.acceptInbound(member, ws, remote);
+      else if (this.closed) ws.terminate();
+      else channel(ws, member);
+    });
   }
 
   private acceptInbound(member: string, ws: WebSocket, remote: string | undefined): void {

@@ -45,6 +45,14 @@ export interface StatusJson {
     minKept: number;
     replayedOnStart: number;
   };
+  cleaner: { state: string; until: string | null; holdCount: number };
+  transfer: { receiving: { from: string; bytes: number } | null; sending: unknown[] };
+}
+
+export interface ClusterOptions {
+  readonly token?: string;
+  /** Extra flags for every member, e.g. `--hold-count=10`. */
+  readonly args?: readonly string[];
 }
 
 export class Cluster {
@@ -52,8 +60,10 @@ export class Cluster {
   readonly root: string;
   readonly token: string | undefined;
   private readonly tokenFile: string | undefined;
+  private readonly extraArgs: readonly string[];
 
-  private constructor(size: number, ports: number[], opts: { token?: string }) {
+  private constructor(size: number, ports: number[], opts: ClusterOptions) {
+    this.extraArgs = opts.args ?? [];
     this.root = mkdtempSync(join(tmpdir(), "paxos-it-"));
     this.token = opts.token;
     if (opts.token !== undefined) {
@@ -75,7 +85,7 @@ export class Cluster {
     }
   }
 
-  static async start(size: number, opts: { token?: string } = {}): Promise<Cluster> {
+  static async start(size: number, opts: ClusterOptions = {}): Promise<Cluster> {
     const ports: number[] = [];
     while (ports.length < 2 * size) {
       const p = await freePort();
@@ -92,7 +102,8 @@ export class Cluster {
     return m;
   }
 
-  startMember(name: string): void {
+  /** Starts the member's process; `env` adds environment variables (test hooks) for this start only. */
+  startMember(name: string, env: Readonly<Record<string, string>> = {}): void {
     const m = this.member(name);
     if (m.child !== null) throw new Error(`${name} is already running`);
     const peers = this.members.map((x) => `${x.name}=127.0.0.1:${x.peerPort}`).join(",");
@@ -108,7 +119,11 @@ export class Cluster {
       "--log-level=info",
     ];
     if (this.tokenFile !== undefined) args.push(`--token-file=${this.tokenFile}`);
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+    args.push(...this.extraArgs);
+    const child = spawn(process.execPath, args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, ...env },
+    });
     const chunks: Buffer[] = [];
     child.stdout.on("data", (d: Buffer) => chunks.push(d));
     child.stderr.on("data", (d: Buffer) => chunks.push(d));
@@ -167,14 +182,27 @@ export class Cluster {
   /** Waits until the running members agree on one master, and returns it. */
   async waitForMaster(timeoutMs = 30_000, among?: readonly string[]): Promise<string> {
     const names = among ?? this.members.filter((m) => m.child !== null).map((m) => m.name);
-    return waitFor(timeoutMs, "a master agreed by every running member", async () => {
-      const statuses = await Promise.all(names.map((n) => this.status(n)));
-      const master = statuses[0]?.master;
-      if (master === null || master === undefined) return undefined;
-      if (!statuses.every((s) => s?.master === master)) return undefined;
-      const own = statuses.find((s) => s?.member === master);
-      return own?.role === "master" ? master : undefined;
-    });
+    let seen = "no answer yet";
+    return waitFor(
+      timeoutMs,
+      () => `a master agreed by every running member (last seen: ${seen})`,
+      async () => {
+        const statuses = await Promise.all(names.map((n) => this.status(n)));
+        seen = names
+          .map((n, i) => {
+            const st = statuses[i];
+            if (st === null || st === undefined)
+              return `${n}: ${this.member(n).child === null ? "exited" : "no answer"}`;
+            return `${n}: ${st.role}, master ${st.master}, executed ${st.instances.executed}`;
+          })
+          .join("; ");
+        const master = statuses[0]?.master;
+        if (master === null || master === undefined) return undefined;
+        if (!statuses.every((s) => s?.master === master)) return undefined;
+        const own = statuses.find((s) => s?.member === master);
+        return own?.role === "master" ? master : undefined;
+      },
+    );
   }
 
   async put(name: string, key: string, value: string): Promise<Response> {
@@ -183,6 +211,24 @@ export class Cluster {
       body: value,
       signal: AbortSignal.timeout(20_000),
     });
+  }
+
+  /** An admin call with the cluster's token; resolves to the status and the parsed JSON answer. */
+  async admin(
+    name: string,
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; json: Record<string, unknown> }> {
+    const headers: Record<string, string> = { "Content-Type": "application/json" };
+    if (this.token !== undefined) headers.Authorization = `Bearer ${this.token}`;
+    const r = await fetch(this.url(name, path), {
+      method,
+      headers,
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      signal: AbortSignal.timeout(60_000),
+    });
+    return { status: r.status, json: (await r.json()) as Record<string, unknown> };
   }
 
   async get(name: string, key: string, consistency?: "local"): Promise<Response> {
@@ -195,14 +241,18 @@ export class Cluster {
 
 export async function waitFor<T>(
   timeoutMs: number,
-  what: string,
+  what: string | (() => string),
   probe: () => Promise<T | undefined>,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await probe();
     if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline) {
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${typeof what === "string" ? what : what()}`,
+      );
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
 }

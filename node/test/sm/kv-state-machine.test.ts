@@ -157,15 +157,16 @@ describe("KvStateMachine", () => {
     }
   });
 
-  test("the checkpoint half says there is no checkpoint yet", async () => {
+  test("without a checkpoint store there is no checkpoint and none can be made", async () => {
     const sm = await KvStateMachine.open(await tempDir());
     try {
       assert.equal(sm.getCheckpointInstanceId(), -1);
+      assert.equal(sm.getCheckpointState(), null);
       await sm.executeForCheckpoint(0, [put("a", "1")]);
       assert.equal(sm.lastExecutedInstance(), -1);
-      const unavailable = /checkpoints are not available in this version/;
+      const unavailable = /needs a checkpoint store, and none was configured/;
       await assert.rejects(sm.lockCheckpointState(), unavailable);
-      await assert.rejects(sm.getCheckpointState(), unavailable);
+      await assert.rejects(sm.makeCheckpoint(), unavailable);
       await assert.rejects(
         sm.loadCheckpointState({ instanceId: 0, dir: "/nonexistent", files: [] }),
         unavailable,

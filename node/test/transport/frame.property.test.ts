@@ -92,6 +92,7 @@ const runtimeMessage: fc.Arbitrary<RuntimeMessage> = fc.oneof(
     outcome: fc.constantFrom("ok", "not_master", "timeout"),
     index: point,
   }),
+  rec({ type: fc.constant("learnCompacted" as const), from: nat, minKept: nat, checkpoint: point }),
 );
 
 const peerMessage: fc.Arbitrary<PeerMessage> = fc.oneof(coreMessage, runtimeMessage);
@@ -149,10 +150,11 @@ test("runtime messages use type codes from 64 up, distinct from the core's", () 
       PEER_MESSAGE_TYPE_CODES.forwardReply,
       PEER_MESSAGE_TYPE_CODES.readIndex,
       PEER_MESSAGE_TYPE_CODES.readIndexReply,
+      PEER_MESSAGE_TYPE_CODES.learnCompacted,
     ],
-    [64, 65, 66, 67],
+    [64, 65, 66, 67, 68],
   );
-  assert.equal(new Set(typeCodes).size, 13);
+  assert.equal(new Set(typeCodes).size, 14);
 });
 
 test("random bytes only ever produce FrameError", () => {
