@@ -49,6 +49,9 @@ describe("parseConfig: defaults", () => {
       host: "0.0.0.0",
       tokenFile: undefined,
       holdCount: 100000,
+      checkpointEvery: 100000,
+      checkpointMinIntervalMs: 60000,
+      maxLogSize: undefined,
       terminationLog: undefined,
       logLevel: "info",
     });
@@ -113,6 +116,9 @@ describe("parseConfig: precedence", () => {
         "--token-file",
         "/flag/token",
         "--hold-count=0",
+        "--checkpoint-every=7",
+        "--checkpoint-min-interval=0",
+        "--max-log-size=1048576",
         "--termination-log",
         "/flag/term",
         "--log-level=warn",
@@ -127,6 +133,9 @@ describe("parseConfig: precedence", () => {
     assert.equal(c.host, "::1");
     assert.equal(c.tokenFile, "/flag/token");
     assert.equal(c.holdCount, 0);
+    assert.equal(c.checkpointEvery, 7);
+    assert.equal(c.checkpointMinIntervalMs, 0);
+    assert.equal(c.maxLogSize, 1048576);
     assert.equal(c.terminationLog, "/flag/term");
     assert.equal(c.logLevel, "warn");
   });
@@ -255,6 +264,14 @@ describe("parseConfig: invalid input", () => {
     ["hold-count exponent", [...BASE, "--hold-count=1e3"], {}, /--hold-count: "1e3"/],
     ["hold-count huge", [...BASE, "--hold-count=99999999999999999999"], {}, /--hold-count: "9+"/],
     ["hold-count env", BASE, { PAXOS_HOLD_COUNT: "lots" }, /PAXOS_HOLD_COUNT: "lots"/],
+    ["checkpoint-every zero", [...BASE, "--checkpoint-every=0"], {}, /--checkpoint-every must be at least 1/],
+    [
+      "checkpoint-min-interval negative",
+      [...BASE, "--checkpoint-min-interval=-1"],
+      {},
+      /"-1" is not an integer/,
+    ],
+    ["max-log-size env", BASE, { PAXOS_MAX_LOG_SIZE: "1G" }, /PAXOS_MAX_LOG_SIZE: "1G"/],
     ["host invalid", [...BASE, "--host", "not a host"], {}, /--host: "not a host" is not an IP address/],
     ["log-level invalid", [...BASE, "--log-level=verbose"], {}, /--log-level: "verbose" is not a log level/],
     ["log-level env", BASE, { PAXOS_LOG_LEVEL: "INFO" }, /PAXOS_LOG_LEVEL: "INFO"/],
