@@ -173,14 +173,30 @@ async function leaveN3Behind(c: Cluster): Promise<Map<string, string>> {
   const n3At = (await statusOf(c, "n3")).instances.chosen;
   await c.stop("n3");
   for (const [k, v] of await writeKeys(c, "late", 200, () => BIG)) data.set(k, v);
-  await waitFor(60_000, "n1 and n2 to clean past n3's position", async () => {
+  // Wait until both have cleaned past n3 and will make no further checkpoint (fewer than
+  // CHECKPOINT_EVERY instances since their last): otherwise the checkpoint n3 receives can be
+  // superseded and cleaned past while it restarts, and it would rightly need a second one.
+  await waitFor(60_000, "n1 and n2 to checkpoint and clean past n3's position, then settle", async () => {
     const s = await Promise.all([c.status("n1"), c.status("n2")]);
-    return s.every((x) => x !== null && x.instances.minKept > n3At + 1) ? true : undefined;
+    const settled = s.every(
+      (x) =>
+        x !== null &&
+        x.instances.minKept > n3At + 1 &&
+        x.instances.executed - x.instances.checkpoint < CHECKPOINT_EVERY &&
+        x.instances.minKept === x.instances.checkpoint - HOLD_COUNT,
+    );
+    return settled ? true : undefined;
   });
   return data;
 }
 
-const SEED_ARGS = ["--checkpoint-every=50", "--checkpoint-min-interval=0", "--hold-count=5"];
+const CHECKPOINT_EVERY = 50;
+const HOLD_COUNT = 5;
+const SEED_ARGS = [
+  `--checkpoint-every=${CHECKPOINT_EVERY}`,
+  "--checkpoint-min-interval=0",
+  `--hold-count=${HOLD_COUNT}`,
+];
 
 test("the seed's scenario: a member behind the cleaned log loads a checkpoint, exits 75, and catches up", async (t) => {
   const c = await Cluster.start(3, { token: TOKEN, args: SEED_ARGS });
