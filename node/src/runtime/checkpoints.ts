@@ -12,26 +12,25 @@ import { type CleanerSettings, LogCleaner, parseCleanerUpdate } from "../checkpo
 import { CheckpointSender, receiveCheckpoint, type TransferProgress } from "../checkpoint/transfer.js";
 import type { AdminRoutes } from "../server/admin-routes.js";
 import { HttpError } from "../server/admin-routes.js";
-import type { Metrics } from "../server/metrics.js";
 import type { KvStateMachine } from "../sm/kv-state-machine.js";
 import type { PaxosLog } from "../storage/paxos-log.js";
 import type { PeerMessage } from "../transport/peer-message.js";
+import type { RuntimeOptions } from "./node-runtime.js";
 
-export interface CheckpointOptions {
-  readonly member: string;
-  readonly dataDir: string;
-  readonly token?: string;
-  readonly holdCount: number;
-  readonly checkpointEvery: number;
-  readonly checkpointMinIntervalMs: number;
-  readonly maxLogSize?: number;
-  /** Test hook, off by default: corrupt this chunk (0-based) of the first checkpoint sent. */
-  readonly corruptChunkForTest?: number;
-  /** Test hook, off by default: delay each checkpoint chunk sent by this many milliseconds. */
-  readonly chunkDelayMsForTest?: number;
-  readonly logger: Logger;
-  readonly metrics: Metrics;
-}
+export type CheckpointOptions = Pick<
+  RuntimeOptions,
+  | "member"
+  | "dataDir"
+  | "token"
+  | "holdCount"
+  | "checkpointEvery"
+  | "checkpointMinIntervalMs"
+  | "maxLogSize"
+  | "corruptChunkForTest"
+  | "chunkDelayMsForTest"
+  | "logger"
+  | "metrics"
+>;
 
 /** What the driver needs from the runtime around it. */
 export interface CheckpointHost {

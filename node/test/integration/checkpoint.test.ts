@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { PaxosLog } from "../../src/storage/paxos-log.js";
-import { Cluster, type StatusJson, waitFor } from "./cluster.js";
+import { assertAllReadable, Cluster, type StatusJson, waitCaughtUp, waitFor } from "./cluster.js";
 
 const TOKEN = "checkpoint-test-token";
 /** A 64 KiB value, so a few hundred writes make a checkpoint of several chunks. */
@@ -34,22 +34,6 @@ async function checkpointNow(c: Cluster, name: string): Promise<number> {
   const r = await c.admin(name, "POST", "/v1/admin/checkpoint");
   assert.equal(r.status, 200, JSON.stringify(r.json));
   return r.json.checkpoint as number;
-}
-
-async function assertSameData(c: Cluster, member: string, data: ReadonlyMap<string, string>) {
-  for (const [key, value] of data) {
-    const r = await c.get(member, key, "local");
-    assert.equal(r.status, 200, `${member}: GET ${key} answered ${r.status}`);
-    assert.equal(await r.text(), value, `${member}: ${key} has the wrong value`);
-  }
-}
-
-async function waitCaughtUp(c: Cluster, member: string, with_: string): Promise<void> {
-  await waitFor(60_000, `${member} to catch up with ${with_}`, async () => {
-    const [s, o] = await Promise.all([c.status(member), c.status(with_)]);
-    if (s === null || o === null) return undefined;
-    return s.instances.executed >= o.instances.chosen ? true : undefined;
-  });
 }
 
 /** Starts `name` and waits for its exit after it loaded a checkpoint; returns the termination line. */
@@ -84,7 +68,7 @@ test("a restart replays only the log after the checkpoint", async (t) => {
     `replayed ${s.instances.replayedOnStart} instances, more than the ${s.instances.chosen - checkpoint} after the checkpoint`,
   );
   await waitCaughtUp(c, "n1", await c.waitForMaster());
-  await assertSameData(c, "n1", after);
+  await assertAllReadable(c, "n1", after, true);
 });
 
 test("the cleaner deletes below checkpoint - holdCount only while running", async (t) => {
@@ -214,11 +198,11 @@ test("the seed's scenario: a member behind the cleaned log loads a checkpoint, e
   const s = await statusOf(c, "n3");
   assert.ok(s.instances.checkpoint >= loaded, `n3 serves from checkpoint ${s.instances.checkpoint}`);
   assert.equal(s.instances.replayedOnStart, 0, "nothing of the old log is replayed after a load");
-  await assertSameData(c, "n3", data);
+  await assertAllReadable(c, "n3", data, true);
 
   const more = await writeKeys(c, "after", 20);
   await waitCaughtUp(c, "n3", master);
-  await assertSameData(c, "n3", more);
+  await assertAllReadable(c, "n3", more, true);
 });
 
 test("transfer faults: a corrupted chunk is detected and retried, a killed receiver starts on its old state", async (t) => {
@@ -248,7 +232,7 @@ test("transfer faults: a corrupted chunk is detected and retried, a killed recei
 
   c.startMember("n3");
   await waitCaughtUp(c, "n3", await c.waitForMaster());
-  await assertSameData(c, "n3", data);
+  await assertAllReadable(c, "n3", data, true);
 });
 
 test("transfer faults: the sender killed mid-stream, the receiver times out and gets it from another peer", async (t) => {
@@ -274,5 +258,5 @@ test("transfer faults: the sender killed mid-stream, the receiver times out and 
   c.startMember(sender);
   c.startMember("n3");
   await waitCaughtUp(c, "n3", await c.waitForMaster());
-  await assertSameData(c, "n3", data);
+  await assertAllReadable(c, "n3", data, true);
 });

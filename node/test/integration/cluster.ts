@@ -1,6 +1,7 @@
 // Real paxos-node processes on 127.0.0.1 for integration tests: free ports, temporary data
 // directories, kill -9 and restart, and a small HTTP client.
 
+import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -237,6 +238,34 @@ export class Cluster {
       signal: AbortSignal.timeout(20_000),
     });
   }
+}
+
+/** Every key reads back its value on `member` (linearizable, or its local state with `local`). */
+export async function assertAllReadable(
+  c: Cluster,
+  member: string,
+  data: ReadonlyMap<string, string>,
+  local = false,
+): Promise<void> {
+  for (const [key, value] of data) {
+    const r = await c.get(member, key, local ? "local" : undefined);
+    assert.equal(r.status, 200, `${member}: GET ${key} answered ${r.status}`);
+    assert.equal(await r.text(), value, `${member}: ${key} has the wrong value`);
+  }
+}
+
+/** Waits until `member` has executed everything `other` has chosen. */
+export async function waitCaughtUp(
+  c: Cluster,
+  member: string,
+  other: string,
+  timeoutMs = 60_000,
+): Promise<void> {
+  await waitFor(timeoutMs, `${member} to catch up with ${other}`, async () => {
+    const [s, o] = await Promise.all([c.status(member), c.status(other)]);
+    if (s === null || o === null) return undefined;
+    return s.instances.executed >= o.instances.chosen ? true : undefined;
+  });
 }
 
 export async function waitFor<T>(

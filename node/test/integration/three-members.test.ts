@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Cluster, Writers, waitFor } from "./cluster.js";
+import { assertAllReadable, Cluster, Writers, waitCaughtUp, waitFor } from "./cluster.js";
 
 let cluster: Cluster;
 
@@ -15,27 +15,6 @@ before(async () => {
 after(async () => {
   await cluster.destroy();
 });
-
-async function assertAllReadable(
-  c: Cluster,
-  member: string,
-  acked: ReadonlyMap<string, string>,
-  local = false,
-) {
-  for (const [key, value] of acked) {
-    const r = await c.get(member, key, local ? "local" : undefined);
-    assert.equal(r.status, 200, `${member}: GET ${key} answered ${r.status}`);
-    assert.equal(await r.text(), value, `${member}: ${key} has the wrong value`);
-  }
-}
-
-async function waitCaughtUp(c: Cluster, member: string, master: string): Promise<void> {
-  await waitFor(30_000, `${member} to catch up with ${master}`, async () => {
-    const [s, m] = await Promise.all([c.status(member), c.status(master)]);
-    if (s === null || m === null) return undefined;
-    return s.instances.executed >= m.instances.chosen ? true : undefined;
-  });
-}
 
 test("writes and reads through every member, forwarded to the master", async () => {
   const master = await cluster.waitForMaster();
