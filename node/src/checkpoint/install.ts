@@ -49,6 +49,34 @@ export async function applyPendingInstall(opts: ApplyPendingInstallOptions): Pro
 }
 
 /**
+ * Rebuilds the state machine's database from the local checkpoint when the database is behind it
+ * (it was lost or replaced by an empty one): a start then replays only the log after the
+ * checkpoint, which the cleaner keeps, instead of failing on the log it has already deleted.
+ * Returns the checkpoint's instance when it rebuilt, null when the database was not behind.
+ */
+export async function restoreFromLocalCheckpoint(opts: {
+  readonly dataDir: string;
+  readonly store: CheckpointStore;
+  readonly logger: Logger;
+  /** The database's last executed instance. */
+  readonly executed: number;
+}): Promise<number | null> {
+  const checkpoint = opts.store.current();
+  if (checkpoint === null || opts.executed >= checkpoint.instanceId) return null;
+  opts.logger.warn(
+    { stateMachineAt: opts.executed, checkpoint: checkpoint.instanceId },
+    "the state machine is behind its own checkpoint: rebuilding it from the checkpoint",
+  );
+  const rebuilt = await rebuildStateDatabase(checkpoint, path.join(opts.dataDir, SM_NEW_DIR));
+  await swapStateDatabase(opts.dataDir);
+  opts.logger.info(
+    { instanceId: checkpoint.instanceId, ...rebuilt },
+    "rebuilt the state machine from the checkpoint",
+  );
+  return checkpoint.instanceId;
+}
+
+/**
  * Builds a fresh KV database in `targetDir` (removing whatever is there) from the checkpoint's
  * dump, checking every file's SHA-256, the entry count and that the database says it is at the
  * checkpoint's instance. Synced and closed when it resolves.

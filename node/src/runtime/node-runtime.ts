@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
 import { CheckpointStore } from "../checkpoint/checkpoint-store.js";
-import { applyPendingInstall } from "../checkpoint/install.js";
+import { applyPendingInstall, restoreFromLocalCheckpoint } from "../checkpoint/install.js";
 import { CHECKPOINT_PATH } from "../checkpoint/transfer.js";
 import {
   type CommittedEntry,
@@ -179,12 +179,20 @@ export class NodeRuntime implements KvService {
       });
       if (installed !== null)
         log.info({ instance: installed }, "installed the checkpoint received from a peer");
-      sm = await KvStateMachine.open(`${opts.dataDir}/sm`, {
+      const smOptions = {
         checkpoints: store,
-        onMalformedCommand: (instance, index, err) =>
+        onMalformedCommand: (instance: number, index: number, err: Error) =>
           log.warn({ instance, index, err }, "skipped a malformed command (every member skips it)"),
-        onWriteFailure: (err) => opts.onFatal(err),
-      });
+        onWriteFailure: (err: Error) => opts.onFatal(err),
+      };
+      sm = await KvStateMachine.open(`${opts.dataDir}/sm`, smOptions);
+      const behind = sm.lastExecutedInstance();
+      if (store.instanceId() > behind) {
+        await sm.close();
+        sm = null;
+        await restoreFromLocalCheckpoint({ dataDir: opts.dataDir, store, logger: log, executed: behind });
+        sm = await KvStateMachine.open(`${opts.dataDir}/sm`, smOptions);
+      }
       const executed = sm.lastExecutedInstance();
       const recovered = withExecutedPrefix(await paxosLog.recover(), executed);
       if (recovered.chosenUpTo > executed && recovered.minInstance > executed + 1) {

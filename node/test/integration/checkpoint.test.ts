@@ -3,7 +3,8 @@
 // its restart holds exactly the others' data — with faults during the transfer.
 
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { test } from "node:test";
 import { PaxosLog } from "../../src/storage/paxos-log.js";
 import { assertAllReadable, Cluster, type StatusJson, waitCaughtUp, waitFor } from "./cluster.js";
@@ -52,7 +53,7 @@ test("a restart replays only the log after the checkpoint", async (t) => {
   const c = await Cluster.start(3, { token: TOKEN, args: ["--checkpoint-every=1000000"] });
   t.after(() => c.destroy());
   await c.waitForMaster();
-  await writeKeys(c, "a", 100);
+  const before = await writeKeys(c, "a", 100);
   const checkpoint = await checkpointNow(c, "n1");
   assert.ok(checkpoint >= 99, `checkpoint ${checkpoint} covers the 100 writes`);
   const after = await writeKeys(c, "b", 20);
@@ -68,6 +69,23 @@ test("a restart replays only the log after the checkpoint", async (t) => {
     `replayed ${s.instances.replayedOnStart} instances, more than the ${s.instances.chosen - checkpoint} after the checkpoint`,
   );
   await waitCaughtUp(c, "n1", await c.waitForMaster());
+  await assertAllReadable(c, "n1", after, true);
+
+  // With its state machine lost, the member starts from the checkpoint and replays only the log
+  // after it: never from instance 0.
+  await c.stop("n1");
+  rmSync(join(c.member("n1").dataDir, "sm"), { recursive: true, force: true });
+  c.startMember("n1");
+  const rebuilt = await waitFor(30_000, "n1 to serve from its checkpoint", async () => {
+    const st = await c.status("n1");
+    return st !== null && st.instances.executed >= checkpoint + 20 ? st : undefined;
+  });
+  assert.ok(
+    rebuilt.instances.replayedOnStart >= 20 &&
+      rebuilt.instances.replayedOnStart <= rebuilt.instances.chosen - checkpoint,
+    `replayed ${rebuilt.instances.replayedOnStart}: the ${rebuilt.instances.chosen - checkpoint} instances after checkpoint ${checkpoint} at most, and at least the 20 written after it`,
+  );
+  await assertAllReadable(c, "n1", before, true);
   await assertAllReadable(c, "n1", after, true);
 });
 
