@@ -5,7 +5,8 @@
 // on the host's own file system, so a mount path such as /data needs no folder on the host.
 //
 // There is no network namespace: every pod shares the host's network stack and gets its own
-// loopback address (127.x.y.z), so a workload has to listen on its pod IP, not on 0.0.0.0.
+// address (10.244.N.x, a block the runner routes to lo), so a workload has to listen on its pod
+// IP, not on 0.0.0.0.
 import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
