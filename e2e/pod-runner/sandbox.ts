@@ -16,6 +16,9 @@ export function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
+/** Top-level folders the sandbox replaces with private ones, hiding the host's. */
+const PRIVATE_TOPS = new Set(["run", "tmp"]);
+
 /** Host top-level folders a workload may need: system files, and where node and this checkout live. */
 function hostTopLevel(extraPaths: string[]): { dirs: string[]; links: [string, string][] } {
   const wanted = new Set([
@@ -36,7 +39,7 @@ function hostTopLevel(extraPaths: string[]): { dirs: string[]; links: [string, s
     const top = path.resolve(p).split(path.sep)[1];
     if (top) wanted.add(top);
   }
-  for (const private_ of ["dev", "proc", "sys", "run", "tmp"]) wanted.delete(private_);
+  for (const private_ of ["dev", "proc", "sys", ...PRIVATE_TOPS]) wanted.delete(private_);
   const dirs: string[] = [];
   const links: [string, string][] = [];
   for (const name of readdirSync("/")) {
@@ -101,6 +104,17 @@ export async function prepareSandbox(spec: SandboxSpec, dir: string, argv: strin
     'mount -t tmpfs -o mode=755 tmpfs "$R/run"',
     `mount --bind ${shq(spec.tmpDir)} "$R/tmp"`,
   );
+  // A checkout under /tmp or /run (CI clones often live there) is hidden by those private mounts:
+  // bind it back at its own path.
+  for (const p of spec.hostPaths) {
+    const abs = path.resolve(p);
+    if (!PRIVATE_TOPS.has(abs.split(path.sep)[1] ?? "")) continue;
+    const target = `"$R"${shq(abs)}`;
+    out.push(
+      `if [ -d ${shq(abs)} ]; then mkdir -p ${target}; else mkdir -p "$(dirname ${target})"; touch ${target}; fi`,
+      `mount --rbind ${shq(abs)} ${target}`,
+    );
+  }
   if (dirs.includes("etc")) out.push(`mount --bind ${shq(spec.hostsFile)} "$R/etc/hosts"`);
 
   // Sources are staged under /.pod first; the inner script, already inside the new root, binds
