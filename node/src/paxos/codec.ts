@@ -2,7 +2,16 @@
 // (records). Pure: bytes in, values out. Every decoder throws CodecError on malformed input and
 // never reads past the buffer, so random bytes can only ever produce that error.
 
-import type { AcceptedEntry, Ballot, ChosenEntry, LogRecord, Message, Value } from "./types.js";
+import type {
+  AcceptedEntry,
+  Ballot,
+  ChosenEntry,
+  Configuration,
+  LogRecord,
+  Member,
+  Message,
+  Value,
+} from "./types.js";
 
 export class CodecError extends Error {
   override readonly name = "CodecError";
@@ -167,27 +176,70 @@ export function readBallot(r: Reader): Ballot {
   return { counter, member };
 }
 
+// Value tags and member roles are part of the log format and the peer protocol: never renumber.
 const VALUE_NOOP = 0;
 const VALUE_COMMANDS = 1;
+const VALUE_CONFIG = 2;
+const ROLE_VOTER = 0;
+const ROLE_LEARNER = 1;
+/** A configuration is small by nature; the bound keeps a hostile count from allocating much. */
+const MAX_MEMBERS = 1024;
+
+export function writeConfiguration(w: Writer, c: Configuration): void {
+  w.u32(c.members.length);
+  for (const m of c.members) {
+    w.string(m.name).string(m.address);
+    w.u8(m.role === "voter" ? ROLE_VOTER : ROLE_LEARNER);
+  }
+}
+
+export function readConfiguration(r: Reader): Configuration {
+  const n = r.listLength();
+  if (n > MAX_MEMBERS) throw new CodecError(`too many members: ${n}`);
+  const members: Member[] = [];
+  for (let i = 0; i < n; i++) {
+    const name = r.string();
+    const address = r.string();
+    const role = r.u8();
+    if (role !== ROLE_VOTER && role !== ROLE_LEARNER) throw new CodecError(`unknown member role ${role}`);
+    members.push({ name, address, role: role === ROLE_VOTER ? "voter" : "learner" });
+  }
+  return { members };
+}
 
 export function writeValue(w: Writer, v: Value): void {
-  if (v.kind === "noop") {
-    w.u8(VALUE_NOOP).string(v.id);
-    return;
+  switch (v.kind) {
+    case "noop":
+      w.u8(VALUE_NOOP).string(v.id);
+      return;
+    case "commands":
+      w.u8(VALUE_COMMANDS).string(v.id).u32(v.commands.length);
+      for (const c of v.commands) w.bytes(c);
+      return;
+    case "config":
+      w.u8(VALUE_CONFIG).string(v.id);
+      writeConfiguration(w, v.config);
+      return;
   }
-  w.u8(VALUE_COMMANDS).string(v.id).u32(v.commands.length);
-  for (const c of v.commands) w.bytes(c);
 }
 
 export function readValue(r: Reader): Value {
   const kind = r.u8();
   const id = r.string();
-  if (kind === VALUE_NOOP) return { kind: "noop", id };
-  if (kind !== VALUE_COMMANDS) throw new CodecError(`unknown value kind ${kind}`);
-  const n = r.listLength();
-  const commands: Uint8Array[] = [];
-  for (let i = 0; i < n; i++) commands.push(r.bytes());
-  return { kind: "commands", id, commands };
+  switch (kind) {
+    case VALUE_NOOP:
+      return { kind: "noop", id };
+    case VALUE_COMMANDS: {
+      const n = r.listLength();
+      const commands: Uint8Array[] = [];
+      for (let i = 0; i < n; i++) commands.push(r.bytes());
+      return { kind: "commands", id, commands };
+    }
+    case VALUE_CONFIG:
+      return { kind: "config", id, config: readConfiguration(r) };
+    default:
+      throw new CodecError(`unknown value kind ${kind}`);
+  }
 }
 
 /** Bytes a value occupies once encoded; used to bound batches and replies. */
@@ -196,6 +248,9 @@ export function valueSize(v: Value): number {
   if (v.kind === "commands") {
     size += 4;
     for (const c of v.commands) size += 4 + c.length;
+  } else if (v.kind === "config") {
+    size += 4;
+    for (const m of v.config.members) size += 9 + (m.name.length + m.address.length) * 3;
   }
   return size;
 }
@@ -242,6 +297,7 @@ export const MESSAGE_TYPE_CODES = {
   commitAck: 7,
   learnRequest: 8,
   learnReply: 9,
+  handover: 10,
 } as const satisfies Record<Message["type"], number>;
 
 export function writeMessageBody(w: Writer, m: Message): void {
@@ -285,6 +341,10 @@ export function writeMessageBody(w: Writer, m: Message): void {
     case "learnReply":
       writeChosenEntries(w, m.entries);
       w.point(m.chosenUpTo);
+      return;
+    case "handover":
+      writeBallot(w, m.ballot);
+      w.string(m.to);
       return;
   }
 }
@@ -333,6 +393,9 @@ export function readMessageBody(code: number, r: Reader): Message {
       break;
     case MESSAGE_TYPE_CODES.learnReply:
       m = { type: "learnReply", entries: readChosenEntries(r), chosenUpTo: r.point() };
+      break;
+    case MESSAGE_TYPE_CODES.handover:
+      m = { type: "handover", ballot: readBallot(r), to: r.string() };
       break;
     default:
       throw new CodecError(`unknown message type ${code}`);

@@ -7,14 +7,28 @@
 // The protocol and its safety argument are in README.md beside this file.
 
 import {
+  ConfigHistory,
+  DEFAULT_ACTIVATION_DELAY,
+  hasMajority,
+  isVoter,
+  majority,
+  roleOf,
+  validateChange,
+  votersOf,
+} from "./config.js";
+import {
   type AcceptedEntry,
   type Ballot,
   ballotsEqual,
   type ChosenEntry,
+  type ConfigChange,
+  type Configuration,
   compareBallots,
   type Envelope,
   type LogRecord,
+  type Member,
   type MemberId,
+  type MemberRole,
   type Message,
   type Value,
   ZERO_BALLOT,
@@ -40,15 +54,36 @@ export const DEFAULT_TIMING: Timing = { heartbeatMs: 100, electionTimeoutMs: 100
 
 export interface CoreOptions {
   self: MemberId;
+  /**
+   * Voters of the initial configuration, which holds until the log chooses a configuration (then
+   * the log wins). A founding member passes every founding voter, itself included; a member
+   * joining an existing group passes the group's current voters (its seeds) and itself in `learners`.
+   */
   voters: readonly MemberId[];
+  /** Learners of the initial configuration. */
+  learners?: readonly MemberId[];
+  /** Peer addresses of the initial configuration's members; "" for any not listed. */
+  addresses?: Readonly<Record<MemberId, string>>;
+  /**
+   * Configuration values found chosen at or below `recovered.chosenUpTo` (from the log, or from the
+   * checkpoint metadata for instances the log no longer holds), in any order. Those above it are
+   * ignored: the core learns them as it goes. The last two are enough; more are harmless.
+   */
+  configurations?: readonly { readonly instance: number; readonly config: Configuration }[];
   /** Unique per process start, so value ids never repeat across restarts. */
   incarnation: string;
   random: () => number;
   now: number;
   recovered: { promised: Ballot; chosenUpTo: number; unchosen: readonly LogRecord[] };
   timing?: Partial<Timing>;
-  /** Instances a master keeps in flight at once. */
+  /** Instances a master keeps in flight at once (at most `activationDelay`). */
   window?: number;
+  /**
+   * A configuration chosen at instance k governs the instances from k + activationDelay on. A
+   * protocol constant of the group: every member must use the same value, so the runtime leaves
+   * it at its default. Tests set it small to exercise changes.
+   */
+  activationDelay?: number;
   maxBatchCommands?: number;
   maxBatchBytes?: number;
   /** Client commands a master queues before it refuses more. */
@@ -65,6 +100,7 @@ export type Role = "follower" | "candidate" | "master";
 
 export interface CommittedEntry {
   readonly instance: number;
+  /** A `config` value is for the core and the checkpoint metadata, not for the state machine. */
   readonly value: Value;
   /** Set on the member that proposed the value: one request id per command, in order. */
   readonly requestIds: readonly number[] | null;
@@ -83,6 +119,36 @@ export type FailureReason =
 export interface Failure {
   readonly requestId: number;
   readonly reason: FailureReason;
+}
+
+export type AdminFailureReason =
+  /** This member is not the master, or it is handing over. Certainly not done. */
+  | "not_master"
+  /** Another change or handover is in progress. Certainly not done. */
+  | "conflict"
+  /** The change does not apply to the configuration (unknown member, already a voter, last voter...). */
+  | "invalid"
+  /** The live voters would not be a majority of the new configuration. Certainly not done. */
+  | "no_quorum"
+  /** Proposed, but another value was chosen in its instance. Certainly not done. */
+  | "lost"
+  /** A handover whose target did not catch up in time; the master carries on. */
+  | "timeout";
+
+export interface AdminFailure {
+  readonly requestId: number;
+  readonly reason: AdminFailureReason;
+  readonly message: string;
+}
+
+export interface AdminResult {
+  readonly requestId: number;
+  /**
+   * A configuration change: the instance that chose it (it governs from instance +
+   * activationDelay, and is in force by the time this is reported on a master). A handover: the
+   * contiguous chosen point `to` had reached.
+   */
+  readonly instance: number;
 }
 
 export interface ReadIndexResult {
@@ -108,6 +174,9 @@ export interface Ready {
   loads: { to: MemberId; from: number }[];
   readsReady: ReadIndexResult[];
   readsFailed: Failure[];
+  /** Configuration changes and handovers that are done. */
+  adminDone: AdminResult[];
+  adminFailed: AdminFailure[];
 }
 
 export type CoreEvent =
@@ -115,12 +184,27 @@ export type CoreEvent =
   | { type: "receive"; from: MemberId; message: Message }
   | { type: "propose"; requestId: number; command: Uint8Array }
   | { type: "readIndex"; requestId: number }
-  | { type: "learnLoaded"; to: MemberId; entries: readonly ChosenEntry[] };
+  | { type: "learnLoaded"; to: MemberId; entries: readonly ChosenEntry[] }
+  /** Master only: change the membership by one step. Answered in `adminDone` or `adminFailed`. */
+  | { type: "proposeConfig"; requestId: number; change: ConfigChange }
+  /** Master only: hand the mastership to the voter `to`. Answered in `adminDone` or `adminFailed`. */
+  | { type: "transferMaster"; requestId: number; to: MemberId };
 
 interface InFlight {
   readonly value: Value;
+  /** Voters of the configuration of this instance: only their acks count. */
+  readonly voters: readonly MemberId[];
+  readonly quorum: number;
   readonly acks: Set<MemberId>;
   sentAt: number;
+}
+
+interface Handover {
+  /** Null when the master hands over on its own because it is no longer a voter. */
+  readonly requestId: number | null;
+  /** Null: the most advanced live voter, chosen when everything in flight is decided. */
+  readonly to: MemberId | null;
+  readonly deadline: number;
 }
 
 interface MasterState {
@@ -128,31 +212,95 @@ interface MasterState {
   /** Every instance in [ballotFrom, ballotChosenUpTo] was chosen by this master at its ballot. */
   readonly ballotFrom: number;
   ballotChosenUpTo: number;
-  /** Highest instance found in phase 1; reads wait until everything up to it is chosen here. */
-  readonly recoveryUpTo: number;
+  /** `from` of this ballot's Prepare: every promise covers the instances >= it. */
+  readonly prepareFrom: number;
+  /** Members that promised this ballot. */
+  readonly promisers: Set<MemberId>;
+  /**
+   * Members whose promise came after the election and showed instances chosen that this master
+   * has not proposed yet: their votes there are hidden behind that chosen point, so they do not
+   * count as promisers. If a configuration needs them, only a new phase 1 (which learns first) helps.
+   */
+  readonly aheadPromisers: Set<MemberId>;
+  /** When a Prepare of this ballot last went to a member asked after the election. */
+  readonly prepareSentAt: Map<MemberId, number>;
+  /** Highest-ballot vote reported by a promise for each instance not yet proposed: re-proposed there. */
+  readonly found: Map<number, AcceptedEntry>;
+  /** Highest instance any promise reported as voted or chosen; reads wait until it is chosen here. */
+  recoveryUpTo: number;
   nextInstance: number;
   readonly inFlight: Map<number, InFlight>;
   lastHeartbeat: number;
   /** The commit notice changed (more chosen, or a read round started): send it with this ready. */
   commitDirty: boolean;
   readSeq: number;
-  /** Read confirmation round in progress: its sequence, its reads, the index they will get. */
-  readRound: { seq: number; index: number; requestIds: number[]; acks: Set<MemberId>; sentAt: number } | null;
+  /**
+   * Read confirmation round in progress: its sequence, its reads, the index they will get, and the
+   * configurations a majority of which must acknowledge it.
+   */
+  readRound: {
+    seq: number;
+    index: number;
+    requestIds: number[];
+    acks: Set<MemberId>;
+    sentAt: number;
+    configs: readonly Configuration[];
+  } | null;
   readsWaiting: number[];
   /** Last ack from each peer: its contiguous chosen point, for lag and learning decisions. */
   readonly peerChosenUpTo: Map<MemberId, number>;
+  /** When each peer last answered this ballot: who counts as live for membership changes. */
+  readonly lastHeard: Map<MemberId, number>;
+  /** A change asked for and not yet proposed: it waits until nothing is in flight. */
+  configRequest: { readonly requestId: number; readonly change: ConfigChange } | null;
+  handover: Handover | null;
 }
 
 interface CandidateState {
   readonly ballot: Ballot;
   readonly from: number;
   readonly promises: Map<MemberId, { chosenUpTo: number; accepted: readonly AcceptedEntry[] }>;
+  /** Members sent this ballot's Prepare. */
+  readonly asked: Set<MemberId>;
+  /** Started by a handover: refusals out of loyalty to the old master do not end it. */
+  readonly transfer: boolean;
   sentAt: number;
 }
 
 interface QueuedCommand {
   readonly requestId: number;
   readonly command: Uint8Array;
+}
+
+export interface ConfigurationStatus {
+  /** The configuration in force at the next instance to be chosen here. */
+  readonly members: readonly Member[];
+  /** First instance it governs (0 for the initial configuration). */
+  readonly since: number;
+  /** Instance that chose it; -1 for the initial configuration. */
+  readonly chosenAt: number;
+  /** A configuration chosen but not yet in force, or null. */
+  readonly pending: {
+    readonly members: readonly Member[];
+    readonly since: number;
+    readonly chosenAt: number;
+  } | null;
+  /** Master only: a change asked for and not yet in force. */
+  readonly proposing: ConfigChange | null;
+  readonly activationDelay: number;
+}
+
+export interface MemberStatus {
+  readonly name: MemberId;
+  readonly address: string;
+  /** Role in the newest configuration this member knows (pending or in force). */
+  readonly role: MemberRole;
+  /** Its contiguous chosen point: exact for this member, as last reported on a master, else null. */
+  readonly chosenUpTo: number | null;
+  /** Instances behind the master's chosen point (for this member: behind what it knows is chosen). */
+  readonly lag: number | null;
+  /** Master only: answered within the election timeout. */
+  readonly live: boolean | null;
 }
 
 export interface CoreStatus {
@@ -162,10 +310,13 @@ export interface CoreStatus {
   readonly promised: Ballot;
   readonly chosenUpTo: number;
   readonly knownChosenUpTo: number;
-  /** Master only: each voter's contiguous chosen point as last reported. */
+  /** Master only: each peer's contiguous chosen point as last reported. */
   readonly peerChosenUpTo: ReadonlyMap<MemberId, number>;
   readonly queued: number;
   readonly inFlight: number;
+  readonly configuration: ConfigurationStatus;
+  /** Every member of the configurations in force or pending. */
+  readonly members: readonly MemberStatus[];
 }
 
 function emptyReady(): Ready {
@@ -178,14 +329,22 @@ function emptyReady(): Ready {
     loads: [],
     readsReady: [],
     readsFailed: [],
+    adminDone: [],
+    adminFailed: [],
   };
+}
+
+function membersOf(configs: readonly Configuration[]): MemberId[] {
+  const names = new Set<MemberId>();
+  for (const c of configs) for (const m of c.members) names.add(m.name);
+  return [...names];
 }
 
 export class PaxosCore {
   readonly self: MemberId;
-  private readonly voters: readonly MemberId[];
   private readonly timing: Timing;
   private readonly window: number;
+  private readonly activationDelay: number;
   private readonly maxBatchCommands: number;
   private readonly maxBatchBytes: number;
   private readonly maxQueuedCommands: number;
@@ -193,6 +352,9 @@ export class PaxosCore {
   private readonly incarnation: string;
   private readonly random: () => number;
   private now: number;
+
+  // Membership: the configurations of the chosen prefix that govern instances above it.
+  private readonly history: ConfigHistory;
 
   // Acceptor state.
   private promised: Ballot;
@@ -220,17 +382,41 @@ export class PaxosCore {
   private valueSeq = 0;
   /** Values this member proposed, by instance, until that instance's outcome is known. */
   private readonly ownProposals = new Map<number, { valueId: string; requestIds: readonly number[] }>();
+  /** The configuration change this member proposed, until it is in force (or lost). */
+  private ownConfig: {
+    readonly requestId: number;
+    readonly change: ConfigChange;
+    readonly instance: number;
+    readonly valueId: string;
+    won: boolean;
+  } | null = null;
 
   private out: Ready = emptyReady();
 
   constructor(opts: CoreOptions) {
-    if (!opts.voters.includes(opts.self)) {
-      throw new Error(`member ${opts.self} is not among the voters ${opts.voters.join(",")}`);
+    const learners = (opts.learners ?? []).filter((l) => !opts.voters.includes(l));
+    if (!opts.voters.includes(opts.self) && !learners.includes(opts.self)) {
+      throw new Error(
+        `member ${opts.self} is neither among the voters ${opts.voters.join(",")} nor a learner`,
+      );
     }
+    if (opts.voters.length === 0) throw new Error("the initial configuration needs at least one voter");
+    const address = (name: MemberId) => opts.addresses?.[name] ?? "";
+    const initial: Configuration = {
+      members: [
+        ...opts.voters.map((name) => ({ name, address: address(name), role: "voter" as const })),
+        ...learners.map((name) => ({ name, address: address(name), role: "learner" as const })),
+      ],
+    };
     this.self = opts.self;
-    this.voters = [...opts.voters];
     this.timing = { ...DEFAULT_TIMING, ...opts.timing };
-    this.window = opts.window ?? 32;
+    this.activationDelay = opts.activationDelay ?? DEFAULT_ACTIVATION_DELAY;
+    if (!Number.isSafeInteger(this.activationDelay) || this.activationDelay < 1) {
+      throw new Error(`activationDelay must be a positive integer, not ${this.activationDelay}`);
+    }
+    // A master must know the configuration of every instance it proposes: it never runs further
+    // ahead of its contiguous chosen point than the activation delay.
+    this.window = Math.min(opts.window ?? 32, this.activationDelay);
     this.maxBatchCommands = opts.maxBatchCommands ?? 256;
     this.maxBatchBytes = opts.maxBatchBytes ?? 4 * 1024 * 1024;
     this.maxQueuedCommands = opts.maxQueuedCommands ?? 100_000;
@@ -242,6 +428,10 @@ export class PaxosCore {
     this.maxSeenCounter = this.promised.counter;
     this.chosenUpTo = opts.recovered.chosenUpTo;
     this.knownChosenUpTo = this.chosenUpTo;
+    this.history = new ConfigHistory(initial, this.activationDelay);
+    const known = [...(opts.configurations ?? [])].sort((a, b) => a.instance - b.instance);
+    for (const c of known) if (c.instance <= this.chosenUpTo) this.history.add(c.instance, c.config);
+    this.history.prune(this.chosenUpTo + 1);
     for (const rec of opts.recovered.unchosen) {
       if (rec.instance <= this.chosenUpTo) continue;
       if (rec.chosen) this.chosenAhead.set(rec.instance, { ballot: rec.ballot, value: rec.value });
@@ -273,12 +463,20 @@ export class PaxosCore {
       case "learnLoaded":
         this.onLearnLoaded(event.to, event.entries);
         return;
+      case "proposeConfig":
+        this.onProposeConfig(event.requestId, event.change);
+        return;
+      case "transferMaster":
+        this.onTransferMaster(event.requestId, event.to);
+        return;
     }
   }
 
   /** Everything the shell must do since the last call. Forms new proposals from queued commands first. */
   ready(): Ready {
+    this.progressHandover();
     this.fillWindow();
+    this.settleOwnConfig();
     if (this.mastership?.commitDirty) this.sendHeartbeat();
     const r = this.out;
     this.out = emptyReady();
@@ -286,21 +484,58 @@ export class PaxosCore {
   }
 
   status(): CoreStatus {
+    const m = this.mastership;
+    const current = this.history.entryAt(this.chosenUpTo + 1);
+    const latest = this.history.latest;
+    const pending = latest === current ? null : latest;
+    const known = Math.max(this.knownChosenUpTo, this.chosenUpTo);
+    const members: MemberStatus[] = [];
+    for (const name of membersOf([current.config, latest.config])) {
+      const info =
+        latest.config.members.find((x) => x.name === name) ??
+        current.config.members.find((x) => x.name === name)!;
+      let chosenUpTo: number | null = null;
+      let lag: number | null = null;
+      let live: boolean | null = null;
+      if (name === this.self) {
+        chosenUpTo = this.chosenUpTo;
+        lag = m !== null ? 0 : known - this.chosenUpTo;
+        live = m !== null ? true : null;
+      } else if (m !== null) {
+        chosenUpTo = m.peerChosenUpTo.get(name) ?? null;
+        lag = chosenUpTo === null ? null : Math.max(0, this.chosenUpTo - chosenUpTo);
+        live = this.isLive(m, name);
+      }
+      members.push({ name, address: info.address, role: info.role, chosenUpTo, lag, live });
+    }
     return {
       role: this.role,
       master: this.master,
-      ballot: this.mastership?.ballot ?? this.candidate?.ballot ?? ZERO_BALLOT,
+      ballot: m?.ballot ?? this.candidate?.ballot ?? ZERO_BALLOT,
       promised: this.promised,
       chosenUpTo: this.chosenUpTo,
-      knownChosenUpTo: Math.max(this.knownChosenUpTo, this.chosenUpTo),
-      peerChosenUpTo: this.mastership?.peerChosenUpTo ?? new Map(),
+      knownChosenUpTo: known,
+      peerChosenUpTo: m?.peerChosenUpTo ?? new Map(),
       queued: this.queue.length,
-      inFlight: this.mastership?.inFlight.size ?? 0,
+      inFlight: m?.inFlight.size ?? 0,
+      configuration: {
+        members: current.config.members,
+        since: current.since,
+        chosenAt: current.chosenAt,
+        pending:
+          pending === null
+            ? null
+            : { members: pending.config.members, since: pending.since, chosenAt: pending.chosenAt },
+        proposing: m === null ? null : (m.configRequest?.change ?? this.ownConfig?.change ?? null),
+        activationDelay: this.activationDelay,
+      },
+      members,
     };
   }
 
+  /** Votes needed to choose the next instance: a majority of the voters in force there. */
   get quorum(): number {
-    return Math.floor(this.voters.length / 2) + 1;
+    return majority(this.history.at(this.chosenUpTo + 1));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -313,10 +548,6 @@ export class PaxosCore {
 
   private sendAfterPersist(to: MemberId, message: Message): void {
     this.out.send.push({ to, message });
-  }
-
-  private broadcastNow(message: Message): void {
-    for (const v of this.voters) this.sendNow(v, message);
   }
 
   private persistPromised(): void {
@@ -337,6 +568,39 @@ export class PaxosCore {
     return this.out.persist;
   }
 
+  private adminFailed(requestId: number, reason: AdminFailureReason, message: string): void {
+    this.out.adminFailed.push({ requestId, reason, message });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Membership views
+
+  /** Configurations governing some instance not yet chosen here: the one in force and any pending. */
+  private liveConfigs(): Configuration[] {
+    return this.history.from(this.chosenUpTo + 1);
+  }
+
+  /** Everyone who should hear commit notices: every member, voter or learner, of those configurations. */
+  private notifyTargets(): MemberId[] {
+    return membersOf(this.liveConfigs()).filter((n) => n !== this.self);
+  }
+
+  /** Learners never campaign, nor does a member that is a voter in no configuration it knows of. */
+  private mayCampaign(): boolean {
+    return this.liveConfigs().some((c) => isVoter(c, this.self));
+  }
+
+  /** False when this member knows it is no voter at `instance`: it then does not vote there. */
+  private mayVote(instance: number): boolean {
+    return instance > this.chosenUpTo + this.activationDelay || isVoter(this.history.at(instance), this.self);
+  }
+
+  private isLive(m: MasterState, name: MemberId): boolean {
+    if (name === this.self) return true;
+    const at = m.lastHeard.get(name);
+    return at !== undefined && this.now - at < this.timing.electionTimeoutMs;
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Time
 
@@ -347,8 +611,10 @@ export class PaxosCore {
 
   private onTick(): void {
     if (this.role === "master") this.masterTick();
-    else if (this.now >= this.electionDeadline) this.startElection();
-    else if (this.role === "candidate") this.retransmitPrepare();
+    else if (this.now >= this.electionDeadline) {
+      if (this.mayCampaign()) this.startElection(false);
+      else this.electionDeadline = this.nextElectionDeadline();
+    } else if (this.role === "candidate") this.retransmitPrepare();
     this.maybeLearn();
   }
 
@@ -359,7 +625,7 @@ export class PaxosCore {
       if (this.now - f.sentAt < this.timing.retryMs) continue;
       f.sentAt = this.now;
       const msg: Message = { type: "accept", ballot: m.ballot, entries: [{ instance, value: f.value }] };
-      for (const v of this.voters) if (!f.acks.has(v)) this.sendNow(v, msg);
+      for (const v of f.voters) if (!f.acks.has(v)) this.sendNow(v, msg);
     }
     if (m.readRound !== null && this.now - m.readRound.sentAt >= this.timing.retryMs) {
       m.readRound.sentAt = this.now;
@@ -378,13 +644,13 @@ export class PaxosCore {
       to: m.ballotChosenUpTo,
       readSeq: m.readSeq,
     };
-    for (const v of this.voters) if (v !== this.self) this.sendNow(v, msg);
+    for (const v of this.notifyTargets()) this.sendNow(v, msg);
   }
 
   // ---------------------------------------------------------------------------------------------
   // Leadership
 
-  private startElection(): void {
+  private startElection(transfer: boolean): void {
     if (this.role === "master") this.leaveMastership();
     else this.stepDown(null);
     const ballot: Ballot = {
@@ -393,14 +659,28 @@ export class PaxosCore {
     };
     this.maxSeenCounter = ballot.counter;
     this.role = "candidate";
-    this.candidate = { ballot, from: this.chosenUpTo + 1, promises: new Map(), sentAt: this.now };
+    const from = this.chosenUpTo + 1;
+    const c: CandidateState = {
+      ballot,
+      from,
+      promises: new Map(),
+      asked: new Set(),
+      transfer,
+      sentAt: this.now,
+    };
+    this.candidate = c;
     this.electionDeadline = this.nextElectionDeadline();
     // Our own promise is persisted before any prepare leaves: after a crash we then never pick this
     // counter again, so no ballot is ever used for two different values.
     this.promised = ballot;
     this.persistPromised();
-    const msg: Message = { type: "prepare", ballot, from: this.candidate.from };
-    for (const v of this.voters) this.sendAfterPersist(v, msg);
+    const msg: Message = { type: "prepare", ballot, from };
+    // Learners are asked too: one of them may be a voter of a configuration this ballot will use.
+    for (const name of [this.self, ...membersOf(this.history.from(from))]) {
+      if (c.asked.has(name)) continue;
+      c.asked.add(name);
+      this.sendAfterPersist(name, msg);
+    }
   }
 
   private retransmitPrepare(): void {
@@ -408,25 +688,40 @@ export class PaxosCore {
     if (this.now - c.sentAt < this.timing.retryMs) return;
     c.sentAt = this.now;
     const msg: Message = { type: "prepare", ballot: c.ballot, from: c.from };
-    for (const v of this.voters) if (!c.promises.has(v)) this.sendAfterPersist(v, msg);
+    for (const v of c.asked) if (!c.promises.has(v)) this.sendAfterPersist(v, msg);
   }
 
   /** Leave candidate or master role; `master` is who we now believe leads, if anyone. */
   private stepDown(master: MemberId | null): void {
-    if (this.role === "master") this.leaveMastership();
+    if (this.role === "master" && this.mastership !== null) this.leaveMastership();
     for (const q of this.queue) this.out.failed.push({ requestId: q.requestId, reason: "not_proposed" });
     this.queue.length = 0;
     this.role = "follower";
     this.candidate = null;
     this.mastership = null;
-    this.master = master;
+    // A refusal may name us, from an acceptor that followed an earlier mastership of ours.
+    this.master = master === this.self ? null : master;
   }
 
-  /** Pending reads fail; queued commands stay for a possible immediate re-election. */
+  /** Pending reads and admin requests fail; queued commands stay for a possible immediate re-election. */
   private leaveMastership(): void {
     const m = this.mastership!;
     const pendingReads = [...(m.readRound?.requestIds ?? []), ...m.readsWaiting];
     for (const requestId of pendingReads) this.out.readsFailed.push({ requestId, reason: "not_master" });
+    if (m.configRequest !== null) {
+      this.adminFailed(
+        m.configRequest.requestId,
+        "not_master",
+        "the master stepped down before proposing it",
+      );
+    }
+    if (m.handover?.requestId !== undefined && m.handover.requestId !== null) {
+      this.adminFailed(
+        m.handover.requestId,
+        "not_master",
+        "the master lost its mastership during the handover",
+      );
+    }
     this.mastership = null;
   }
 
@@ -489,6 +784,8 @@ export class PaxosCore {
         return;
       case "learnReply":
         return this.onLearnReply(from, msg.entries, msg.chosenUpTo);
+      case "handover":
+        return this.onHandover(from, msg.ballot, msg.to);
     }
   }
 
@@ -521,10 +818,40 @@ export class PaxosCore {
     chosenUpTo: number,
     accepted: readonly AcceptedEntry[],
   ): void {
+    const m = this.mastership;
+    if (m !== null && ballotsEqual(m.ballot, ballot))
+      return this.absorbPromise(m, from, chosenUpTo, accepted);
     const c = this.candidate;
     if (c === null || !ballotsEqual(c.ballot, ballot)) return;
     c.promises.set(from, { chosenUpTo, accepted });
-    if (c.promises.size >= this.quorum) this.becomeMaster(c);
+    // A configuration seen as accepted may govern instances this ballot will decide: its members
+    // are asked too (our own promise is already persisted, so the Prepare may leave at once).
+    for (const e of accepted) {
+      if (e.value.kind !== "config") continue;
+      for (const mem of e.value.config.members) {
+        if (c.asked.has(mem.name)) continue;
+        c.asked.add(mem.name);
+        this.sendNow(mem.name, { type: "prepare", ballot: c.ballot, from: c.from });
+      }
+    }
+    if (this.campaignWon(c)) this.becomeMaster(c);
+  }
+
+  /**
+   * Phase 1 is complete when a majority of every configuration that may govern an instance at or
+   * above `from` has promised: those known from the chosen prefix, and those of configuration
+   * values seen in the promises. Configurations learned later are asked before they are used
+   * (see `fillWindow` and `maybeCompleteReads`).
+   */
+  private campaignWon(c: CandidateState): boolean {
+    const promisers = c.promises;
+    for (const cfg of this.history.from(c.from)) if (!hasMajority(cfg, promisers)) return false;
+    for (const p of promisers.values()) {
+      for (const e of p.accepted) {
+        if (e.value.kind === "config" && !hasMajority(e.value.config, promisers)) return false;
+      }
+    }
+    return true;
   }
 
   private becomeMaster(c: CandidateState): void {
@@ -543,6 +870,7 @@ export class PaxosCore {
     }
     let highest = maxChosen;
     for (const i of best.keys()) if (i > highest) highest = i;
+    for (const i of [...best.keys()]) if (i <= maxChosen) best.delete(i);
 
     this.role = "master";
     this.candidate = null;
@@ -551,8 +879,13 @@ export class PaxosCore {
       ballot: c.ballot,
       ballotFrom: maxChosen + 1,
       ballotChosenUpTo: maxChosen,
+      prepareFrom: c.from,
+      promisers: new Set(c.promises.keys()),
+      aheadPromisers: new Set(),
+      prepareSentAt: new Map(),
+      found: best,
       recoveryUpTo: highest,
-      nextInstance: highest + 1,
+      nextInstance: maxChosen + 1,
       inFlight: new Map(),
       lastHeartbeat: Number.NEGATIVE_INFINITY,
       commitDirty: true,
@@ -560,22 +893,61 @@ export class PaxosCore {
       readRound: null,
       readsWaiting: [],
       peerChosenUpTo: new Map(),
+      lastHeard: new Map([...c.promises.keys()].map((k) => [k, this.now])),
+      configRequest: null,
+      handover: null,
     };
     this.mastership = m;
     if (maxChosenHolder !== null) {
       this.knownChosenUpTo = Math.max(this.knownChosenUpTo, maxChosen);
       this.learnHint = maxChosenHolder;
     }
-    // Re-propose, at our ballot, whatever the quorum may have chosen above maxChosen; fill holes
-    // with no-ops so the log has no gaps.
-    const entries: ChosenEntry[] = [];
-    for (let i = maxChosen + 1; i <= highest; i++) {
-      const value = best.get(i)?.value ?? { kind: "noop" as const, id: this.newValueId() };
-      m.inFlight.set(i, { value, acks: new Set(), sentAt: this.now });
-      entries.push({ instance: i, value });
-    }
-    if (entries.length > 0) this.broadcastNow({ type: "accept", ballot: m.ballot, entries });
+    // What the quorum may have chosen above maxChosen is re-proposed at our ballot, and holes are
+    // filled with no-ops, by fillWindow: each instance once its configuration is known and a
+    // majority of that configuration has promised.
     this.maybeLearn();
+  }
+
+  /** A promise for our ballot that arrives after the election (late, or asked for a new configuration). */
+  private absorbPromise(
+    m: MasterState,
+    from: MemberId,
+    chosenUpTo: number,
+    accepted: readonly AcceptedEntry[],
+  ): void {
+    m.lastHeard.set(from, this.now);
+    m.prepareSentAt.delete(from);
+    if (chosenUpTo >= m.nextInstance) {
+      m.aheadPromisers.add(from);
+      return;
+    }
+    m.aheadPromisers.delete(from);
+    m.promisers.add(from);
+    if (chosenUpTo > this.knownChosenUpTo) {
+      this.knownChosenUpTo = chosenUpTo;
+      this.learnHint = from;
+    }
+    m.recoveryUpTo = Math.max(m.recoveryUpTo, chosenUpTo);
+    for (const e of accepted) {
+      m.recoveryUpTo = Math.max(m.recoveryUpTo, e.instance);
+      if (e.instance < m.nextInstance) continue;
+      const prev = m.found.get(e.instance);
+      if (prev === undefined || compareBallots(e.ballot, prev.ballot) > 0) m.found.set(e.instance, e);
+    }
+    this.maybeLearn();
+    this.maybeCompleteReads();
+  }
+
+  /** Ask the voters of `cfg` that have not promised our ballot to do so (retried at retryMs). */
+  private askPromises(m: MasterState, cfg: Configuration): void {
+    const msg: Message = { type: "prepare", ballot: m.ballot, from: m.prepareFrom };
+    for (const v of votersOf(cfg)) {
+      if (m.promisers.has(v)) continue;
+      const at = m.prepareSentAt.get(v);
+      if (at !== undefined && this.now - at < this.timing.retryMs) continue;
+      m.prepareSentAt.set(v, this.now);
+      this.sendNow(v, msg);
+    }
   }
 
   private onAccept(from: MemberId, ballot: Ballot, entries: readonly ChosenEntry[]): void {
@@ -589,8 +961,12 @@ export class PaxosCore {
     if (from !== this.self) this.heardFromMaster(ballot.member);
     const instances: number[] = [];
     for (const e of entries) {
+      if (e.instance <= this.chosenUpTo || this.chosenAhead.has(e.instance)) {
+        instances.push(e.instance);
+        continue;
+      }
+      if (!this.mayVote(e.instance)) continue;
       instances.push(e.instance);
-      if (e.instance <= this.chosenUpTo || this.chosenAhead.has(e.instance)) continue;
       this.votes.set(e.instance, { ballot, value: e.value });
       this.persistRecord({ instance: e.instance, ballot, value: e.value, chosen: false });
     }
@@ -600,11 +976,12 @@ export class PaxosCore {
   private onAccepted(from: MemberId, ballot: Ballot, instances: readonly number[]): void {
     const m = this.mastership;
     if (m === null || !ballotsEqual(m.ballot, ballot)) return;
+    m.lastHeard.set(from, this.now);
     for (const i of instances) {
       const f = m.inFlight.get(i);
-      if (f === undefined) continue;
+      if (f === undefined || !f.voters.includes(from)) continue;
       f.acks.add(from);
-      if (f.acks.size < this.quorum) continue;
+      if (f.acks.size < f.quorum) continue;
       m.inFlight.delete(i);
       this.markChosen(i, f.value, ballot);
     }
@@ -623,12 +1000,13 @@ export class PaxosCore {
       // A master refused by a higher promise re-runs phase 1 at once with a higher ballot, so a
       // member that campaigned while cut off cannot depose a healthy master. If another master
       // is really live, the other acceptors refuse us and name it, and we step down then.
-      if (this.role === "master") this.startElection();
+      if (this.role === "master") this.startElection(false);
       else this.yieldTo(promised, master);
       return;
     }
-    // Refused because a live master holds that acceptor's allegiance: back off and follow it.
-    if (this.role === "candidate" && master !== null && master !== this.self) {
+    // Refused because a live master holds that acceptor's allegiance: back off and follow it —
+    // unless the old master handed over to us, in which case the others hear of it shortly.
+    if (this.role === "candidate" && !this.candidate!.transfer && master !== null && master !== this.self) {
       this.stepDown(master);
       this.electionDeadline = this.nextElectionDeadline();
     }
@@ -674,8 +1052,25 @@ export class PaxosCore {
     const m = this.mastership;
     if (m === null || !ballotsEqual(m.ballot, ballot)) return;
     m.peerChosenUpTo.set(from, chosenUpTo);
+    m.lastHeard.set(from, this.now);
     if (ok && m.readRound !== null && readSeq >= m.readRound.seq) m.readRound.acks.add(from);
     this.maybeCompleteReads();
+  }
+
+  /**
+   * The master at `ballot` hands over to `to`. `to` campaigns at once; everyone else takes `to` as
+   * the live master, so they promise to it and refuse other candidates for an election timeout.
+   */
+  private onHandover(from: MemberId, ballot: Ballot, to: MemberId): void {
+    if (ballot.member !== from || compareBallots(ballot, this.promised) < 0) return;
+    this.yieldTo(ballot, from);
+    if (to === this.self) {
+      if (this.role !== "master" && this.mayCampaign()) this.startElection(true);
+      return;
+    }
+    if (this.role === "master") return;
+    if (this.role === "candidate") this.stepDown(to);
+    this.heardFromMaster(to);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -698,23 +1093,47 @@ export class PaxosCore {
       if (next === undefined) break;
       this.chosenUpTo++;
       this.chosenAhead.delete(this.chosenUpTo);
+      if (next.value.kind === "config") this.history.add(this.chosenUpTo, next.value.config);
       this.out.committed.push({
         instance: this.chosenUpTo,
         value: next.value,
         requestIds: this.settleOwnProposal(this.chosenUpTo, next.value),
       });
     }
-    if (this.chosenUpTo > start) this.persistBatch().chosenUpTo = this.chosenUpTo;
+    if (this.chosenUpTo > start) {
+      this.persistBatch().chosenUpTo = this.chosenUpTo;
+      this.history.prune(this.chosenUpTo + 1);
+    }
   }
 
   /** Request ids to acknowledge if our proposal won `instance`; a lost proposal fails its requests. */
   private settleOwnProposal(instance: number, chosen: Value): readonly number[] | null {
+    const oc = this.ownConfig;
+    if (oc !== null && oc.instance === instance) {
+      if (oc.valueId === chosen.id) oc.won = true;
+      else {
+        this.ownConfig = null;
+        this.adminFailed(oc.requestId, "lost", `another value was chosen at instance ${instance}`);
+      }
+    }
     const own = this.ownProposals.get(instance);
     if (own === undefined) return null;
     this.ownProposals.delete(instance);
     if (own.valueId === chosen.id) return own.requestIds;
     for (const requestId of own.requestIds) this.out.failed.push({ requestId, reason: "lost" });
     return null;
+  }
+
+  /**
+   * A chosen change of ours is reported once it is in force; a member that is no longer master
+   * reports it as soon as it is chosen, since the next master drives it into force.
+   */
+  private settleOwnConfig(): void {
+    const oc = this.ownConfig;
+    if (oc === null || !oc.won) return;
+    if (this.role === "master" && this.chosenUpTo < oc.instance + this.activationDelay - 1) return;
+    this.ownConfig = null;
+    this.out.adminDone.push({ requestId: oc.requestId, instance: oc.instance });
   }
 
   private maybeLearn(): void {
@@ -732,7 +1151,12 @@ export class PaxosCore {
   }
 
   private pickLearnSource(): MemberId | null {
-    const others = this.voters.filter((v) => v !== this.self);
+    // Any member may have what we lack, learners included: the only one that knows an instance
+    // is chosen can be a learner that learned it from a master since deposed.
+    const others = this.notifyTargets();
+    if (this.learnHint !== null && this.learnHint !== this.self && !others.includes(this.learnHint)) {
+      others.push(this.learnHint);
+    }
     if (others.length === 0) return null;
     const o = this.learnOutstanding;
     // After a timeout, try someone else: the hinted peer may be gone.
@@ -771,6 +1195,10 @@ export class PaxosCore {
     return `${this.self}/${this.incarnation}/${this.valueSeq++}`;
   }
 
+  private noop(): Value {
+    return { kind: "noop", id: this.newValueId() };
+  }
+
   private onPropose(requestId: number, command: Uint8Array): void {
     if (this.role !== "master") {
       this.out.failed.push({ requestId, reason: "not_master" });
@@ -783,34 +1211,216 @@ export class PaxosCore {
     this.queue.push({ requestId, command });
   }
 
-  /** Turn queued commands into new instances, as many as the pipeline window allows. */
+  /**
+   * Propose at the next instances, as far as the window allows: first what phase 1 found, then
+   * no-ops up to the highest instance it found, then a queued configuration change (once nothing
+   * is in flight), then client commands, then no-ops while a chosen configuration is not yet in
+   * force. Each instance waits until its configuration is known (the window never reaches past
+   * the activation delay) and a majority of that configuration has promised our ballot.
+   */
   private fillWindow(): void {
     const m = this.mastership;
-    if (m === null || this.queue.length === 0) return;
+    if (m === null || m.handover !== null) return;
     const entries: ChosenEntry[] = [];
-    let taken = 0;
-    while (taken < this.queue.length && m.nextInstance <= this.chosenUpTo + this.window) {
-      const fullBatch = this.queue.length - taken >= this.maxBatchCommands;
-      if (m.inFlight.size >= this.eagerInFlight && !fullBatch) break;
-      const commands: Uint8Array[] = [];
-      const requestIds: number[] = [];
-      let bytes = 0;
-      while (taken < this.queue.length && commands.length < this.maxBatchCommands) {
-        const q = this.queue[taken]!;
-        if (commands.length > 0 && bytes + q.command.length > this.maxBatchBytes) break;
-        commands.push(q.command);
-        requestIds.push(q.requestId);
-        bytes += q.command.length;
-        taken++;
+    for (;;) {
+      const j = m.nextInstance;
+      if (j > this.chosenUpTo + this.window) break;
+      const cfg = this.history.at(j);
+      if (!isVoter(cfg, this.self)) {
+        // Removed (or demoted) from j on: finish what is in flight, then hand over.
+        m.handover = { requestId: null, to: null, deadline: this.now + 2 * this.timing.electionTimeoutMs };
+        break;
       }
-      const value: Value = { kind: "commands", id: this.newValueId(), commands };
-      const instance = m.nextInstance++;
-      m.inFlight.set(instance, { value, acks: new Set(), sentAt: this.now });
-      this.ownProposals.set(instance, { valueId: value.id, requestIds });
-      entries.push({ instance, value });
+      if (!hasMajority(cfg, m.promisers)) {
+        if (hasMajority(cfg, { has: (n) => m.promisers.has(n) || m.aheadPromisers.has(n) })) {
+          // Only members ahead of us could complete the quorum, and a master never learns at
+          // its own ballot's instances: start over with a phase 1 that learns first.
+          this.startElection(false);
+          return;
+        }
+        this.askPromises(m, cfg);
+        break;
+      }
+      const value = this.nextValue(m, j);
+      if (value === null) break;
+      m.nextInstance++;
+      const voters = votersOf(cfg);
+      m.inFlight.set(j, { value, voters, quorum: majority(cfg), acks: new Set(), sentAt: this.now });
+      entries.push({ instance: j, value });
+    }
+    if (entries.length === 0) return;
+    const targets = new Set<MemberId>();
+    for (const e of entries) for (const v of m.inFlight.get(e.instance)!.voters) targets.add(v);
+    const msg: Message = { type: "accept", ballot: m.ballot, entries };
+    for (const v of targets) this.sendNow(v, msg);
+  }
+
+  private nextValue(m: MasterState, j: number): Value | null {
+    const found = m.found.get(j);
+    if (found !== undefined) {
+      m.found.delete(j);
+      return found.value;
+    }
+    if (j <= m.recoveryUpTo) return this.noop();
+    const latest = this.history.latest;
+    if (m.configRequest !== null && latest.since <= j) {
+      // Proposed only when everything before it is chosen, so it is checked against the real
+      // latest configuration; commands wait meanwhile.
+      if (m.inFlight.size > 0 || this.chosenUpTo !== j - 1) return null;
+      const req = m.configRequest;
+      m.configRequest = null;
+      const check = validateChange(latest.config, req.change, { has: (n) => this.isLive(m, n) });
+      if (check.ok) {
+        const value: Value = { kind: "config", id: this.newValueId(), config: check.config };
+        this.ownConfig = {
+          requestId: req.requestId,
+          change: req.change,
+          instance: j,
+          valueId: value.id,
+          won: false,
+        };
+        return value;
+      }
+      this.adminFailed(req.requestId, check.reason, check.message);
+    }
+    const fullBatch = this.queue.length >= this.maxBatchCommands;
+    if (this.queue.length > 0 && (m.inFlight.size < this.eagerInFlight || fullBatch))
+      return this.takeBatch(j);
+    // A chosen configuration governs from a fixed instance on: get there even when idle.
+    if (latest.since > j) return this.noop();
+    return null;
+  }
+
+  private takeBatch(instance: number): Value {
+    const commands: Uint8Array[] = [];
+    const requestIds: number[] = [];
+    let bytes = 0;
+    let taken = 0;
+    while (taken < this.queue.length && commands.length < this.maxBatchCommands) {
+      const q = this.queue[taken]!;
+      if (commands.length > 0 && bytes + q.command.length > this.maxBatchBytes) break;
+      commands.push(q.command);
+      requestIds.push(q.requestId);
+      bytes += q.command.length;
+      taken++;
     }
     this.queue.splice(0, taken);
-    if (entries.length > 0) this.broadcastNow({ type: "accept", ballot: m.ballot, entries });
+    const value: Value = { kind: "commands", id: this.newValueId(), commands };
+    this.ownProposals.set(instance, { valueId: value.id, requestIds });
+    return value;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Membership changes and handover
+
+  /** Why no change can start now, or null. */
+  private changeInProgress(m: MasterState): string | null {
+    if (m.configRequest !== null || this.ownConfig !== null) {
+      const c = m.configRequest?.change ?? this.ownConfig!.change;
+      return `a configuration change is in progress (${c.kind} ${c.name})`;
+    }
+    for (const [i, f] of m.inFlight) {
+      if (f.value.kind === "config") return `a configuration value is being decided at instance ${i}`;
+    }
+    for (const [i, e] of m.found) {
+      if (e.value.kind === "config") return `a configuration value found at instance ${i} is not decided yet`;
+    }
+    const latest = this.history.latest;
+    if (latest.since > this.chosenUpTo + 1) {
+      return `the configuration chosen at instance ${latest.chosenAt} is in force only from instance ${latest.since}`;
+    }
+    return null;
+  }
+
+  private onProposeConfig(requestId: number, change: ConfigChange): void {
+    const m = this.mastership;
+    if (m === null || m.handover !== null) {
+      this.adminFailed(requestId, "not_master", "this member is not the master");
+      return;
+    }
+    const busy = this.changeInProgress(m);
+    if (busy !== null) {
+      this.adminFailed(requestId, "conflict", busy);
+      return;
+    }
+    // Checked now against what is known, and again when proposed against the latest configuration.
+    const check = validateChange(this.history.latest.config, change, { has: (n) => this.isLive(m, n) });
+    if (!check.ok) {
+      this.adminFailed(requestId, check.reason, check.message);
+      return;
+    }
+    m.configRequest = { requestId, change };
+  }
+
+  private onTransferMaster(requestId: number, to: MemberId): void {
+    const m = this.mastership;
+    if (m === null || m.handover !== null) {
+      const why = m === null ? "this member is not the master" : "this master is already handing over";
+      this.adminFailed(requestId, m === null ? "not_master" : "conflict", why);
+      return;
+    }
+    if (to === this.self) {
+      this.adminFailed(requestId, "invalid", `${to} is already the master`);
+      return;
+    }
+    const current = this.history.at(this.chosenUpTo + 1);
+    if (!isVoter(current, to) || !isVoter(this.history.latest.config, to)) {
+      const role = roleOf(this.history.latest.config, to);
+      this.adminFailed(requestId, "invalid", `${to} is not a voter (${role ?? "not a member"})`);
+      return;
+    }
+    if (m.configRequest !== null) {
+      this.adminFailed(requestId, "conflict", "a configuration change is waiting to be proposed");
+      return;
+    }
+    m.handover = { requestId, to, deadline: this.now + 2 * this.timing.electionTimeoutMs };
+    m.commitDirty = true;
+  }
+
+  /** The live voter, other than us, that has chosen the most, if any can take over. */
+  private pickSuccessor(m: MasterState): MemberId | null {
+    let best: MemberId | null = null;
+    let bestChosen = -2;
+    const latest = this.history.latest.config;
+    for (const v of votersOf(this.history.at(this.chosenUpTo + 1))) {
+      if (v === this.self || !isVoter(latest, v) || !this.isLive(m, v)) continue;
+      const c = m.peerChosenUpTo.get(v) ?? -1;
+      if (c > bestChosen) {
+        best = v;
+        bestChosen = c;
+      }
+    }
+    return best;
+  }
+
+  /**
+   * A handover waits until nothing is in flight and the successor has everything chosen, then
+   * tells every member and steps down. A requested handover that takes too long is abandoned; a
+   * removed master that finds no successor in time just steps down.
+   */
+  private progressHandover(): void {
+    const m = this.mastership;
+    const h = m?.handover;
+    if (m === null || m === undefined || h === null || h === undefined) return;
+    if (this.now >= h.deadline) {
+      if (h.requestId !== null) {
+        m.handover = null;
+        this.adminFailed(h.requestId, "timeout", `${h.to} did not catch up in time; this master carries on`);
+        return;
+      }
+      this.stepDown(null);
+      this.electionDeadline = this.nextElectionDeadline();
+      return;
+    }
+    if (m.inFlight.size > 0) return;
+    const to = h.to ?? this.pickSuccessor(m);
+    if (to === null || (m.peerChosenUpTo.get(to) ?? -1) < this.chosenUpTo) return;
+    const msg: Message = { type: "handover", ballot: m.ballot, to };
+    for (const name of this.notifyTargets()) this.sendNow(name, msg);
+    m.handover = null;
+    if (h.requestId !== null) this.out.adminDone.push({ requestId: h.requestId, instance: this.chosenUpTo });
+    this.stepDown(to);
+    this.heardFromMaster(to);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -830,22 +1440,37 @@ export class PaxosCore {
     const m = this.mastership;
     if (m === null) return;
     const round = m.readRound;
-    if (round !== null && round.acks.size + 1 >= this.quorum) {
-      for (const requestId of round.requestIds) this.out.readsReady.push({ requestId, index: round.index });
-      m.readRound = null;
+    if (round !== null) {
+      const acked = { has: (n: MemberId) => n === this.self || round.acks.has(n) };
+      if (round.configs.every((c) => hasMajority(c, acked))) {
+        for (const requestId of round.requestIds) this.out.readsReady.push({ requestId, index: round.index });
+        m.readRound = null;
+      }
     }
     // Until everything phase 1 found is chosen here, our chosen point may miss writes that an
     // earlier master acknowledged, so reads wait for recovery to finish.
     if (m.readRound !== null || m.readsWaiting.length === 0 || this.chosenUpTo < m.recoveryUpTo) return;
+    // Every configuration that governs an instance the next writes could land in must have
+    // promised our ballot and must confirm it: an older master could otherwise still get a value
+    // chosen right after the index by voters we never asked.
+    const index = this.chosenUpTo;
+    const configs = this.history.between(index + 1, index + this.activationDelay);
+    for (const c of configs) {
+      if (!hasMajority(c, m.promisers)) {
+        this.askPromises(m, c);
+        return;
+      }
+    }
     m.readSeq++;
     m.readRound = {
       seq: m.readSeq,
-      index: this.chosenUpTo,
+      index,
       requestIds: m.readsWaiting.splice(0),
       acks: new Set(),
       sentAt: this.now,
+      configs,
     };
-    if (this.quorum === 1) return this.maybeCompleteReads();
+    if (configs.every((c) => hasMajority(c, new Set([this.self])))) return this.maybeCompleteReads();
     m.commitDirty = true;
   }
 }

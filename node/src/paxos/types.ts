@@ -28,12 +28,28 @@ export function formatBallot(b: Ballot): string {
   return `${b.counter}.${b.member}`;
 }
 
-/** The voting configuration in force from instance `since` on. */
-export interface Configuration {
-  readonly since: number;
-  readonly voters: readonly MemberId[];
-  readonly learners: readonly MemberId[];
+export type MemberRole = "voter" | "learner";
+
+/**
+ * One member of a configuration. Voters accept values and make up quorums; learners receive
+ * chosen values only. The address travels with the name because a learner joins with its own.
+ */
+export interface Member {
+  readonly name: MemberId;
+  readonly address: string;
+  readonly role: MemberRole;
 }
+
+/** The membership of the group: which members vote and which only learn. */
+export interface Configuration {
+  readonly members: readonly Member[];
+}
+
+/** One step from a configuration to the next (one change at a time). */
+export type ConfigChange =
+  | { readonly kind: "addLearner"; readonly name: MemberId; readonly address: string }
+  | { readonly kind: "promote"; readonly name: MemberId }
+  | { readonly kind: "remove"; readonly name: MemberId };
 
 /**
  * What one instance decides. `id` is unique per proposal (member, incarnation, sequence), so the
@@ -42,7 +58,9 @@ export interface Configuration {
  */
 export type Value =
   | { readonly kind: "noop"; readonly id: string }
-  | { readonly kind: "commands"; readonly id: string; readonly commands: readonly Uint8Array[] };
+  | { readonly kind: "commands"; readonly id: string; readonly commands: readonly Uint8Array[] }
+  /** A new configuration, in force from a fixed number of instances after the one that chooses it. */
+  | { readonly kind: "config"; readonly id: string; readonly config: Configuration };
 
 /** An acceptor's vote for one instance. */
 export interface AcceptedEntry {
@@ -110,7 +128,12 @@ export type Message =
   /** Ask a peer for chosen values from `from` on (the answer is bounded). */
   | { readonly type: "learnRequest"; readonly from: number }
   /** Chosen values, in instance order; `chosenUpTo` is the sender's contiguous chosen point. */
-  | { readonly type: "learnReply"; readonly entries: readonly ChosenEntry[]; readonly chosenUpTo: number };
+  | { readonly type: "learnReply"; readonly entries: readonly ChosenEntry[]; readonly chosenUpTo: number }
+  /**
+   * The master at `ballot` hands over to `to`: `to` campaigns at once; every other member treats
+   * `to` as the live master, so it accepts `to`'s Prepare and refuses everyone else's for a while.
+   */
+  | { readonly type: "handover"; readonly ballot: Ballot; readonly to: MemberId };
 
 export type MessageType = Message["type"];
 

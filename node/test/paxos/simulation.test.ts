@@ -1,36 +1,73 @@
-// Seeded whole-group simulations of the core. `SEED=n npm test` reruns one seed with its trace.
+// Seeded whole-group simulations of the core. `SEED=n npm run test:sim` reruns one seed with its
+// trace (add `SIM_MEMBERSHIP=1` for a seed of the membership run); SIM_SEEDS and
+// SIM_MEMBERSHIP_SEEDS change how many seeds each run covers.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { runSimulation } from "./simulation.js";
+import { runSimulation, type SimOptions } from "./simulation.js";
 
 const SEEDS = Number(process.env.SIM_SEEDS ?? 2000);
+const MEMBERSHIP_SEEDS = Number(process.env.SIM_MEMBERSHIP_SEEDS ?? 500);
 
-test("simulation: safety for every seed, progress once faults stop", () => {
-  const only = process.env.SEED;
-  if (only !== undefined) {
+function fixedOptions(seed: number): SimOptions {
+  return { seed, members: seed % 2 === 0 ? 3 : 5, faultsUntil: 2000, duration: 4000 };
+}
+
+/** Groups of 3 to 5 members that change while the faults run; the activation delay is at or above the window. */
+function membershipOptions(seed: number): SimOptions {
+  return {
+    seed,
+    members: seed % 2 === 0 ? 3 : 4,
+    faultsUntil: 2000,
+    duration: 4000,
+    membership: true,
+    activationDelay: seed % 3 === 0 ? 13 : 8,
+  };
+}
+
+const only = process.env.SEED;
+if (only !== undefined) {
+  test(`simulation: seed ${only}`, () => {
     const seed = Number(only);
-    const result = runSimulation({
-      seed,
-      members: seed % 2 === 0 ? 3 : 5,
-      faultsUntil: 2000,
-      duration: 4000,
-      trace: (line) => console.log(line),
-    });
+    const options = process.env.SIM_MEMBERSHIP === "1" ? membershipOptions(seed) : fixedOptions(seed);
+    const result = runSimulation({ ...options, trace: (line) => console.log(line) });
     console.log(result);
-    return;
-  }
-  let acknowledged = 0;
-  let elections = 0;
-  let reads = 0;
-  for (let seed = 1; seed <= SEEDS; seed++) {
-    const r = runSimulation({ seed, members: seed % 2 === 0 ? 3 : 5, faultsUntil: 2000, duration: 4000 });
-    acknowledged += r.acknowledged;
-    elections += r.elections;
-    reads += r.reads;
-  }
-  // The runs must have exercised something: writes acknowledged, masters changing, reads served.
-  assert.ok(acknowledged > SEEDS * 50, `only ${acknowledged} acknowledged writes`);
-  assert.ok(elections > SEEDS, `only ${elections} elections`);
-  assert.ok(reads > SEEDS * 10, `only ${reads} reads`);
-});
+  });
+} else {
+  test("simulation: safety for every seed, progress once faults stop", () => {
+    let acknowledged = 0;
+    let elections = 0;
+    let reads = 0;
+    for (let seed = 1; seed <= SEEDS; seed++) {
+      const r = runSimulation(fixedOptions(seed));
+      acknowledged += r.acknowledged;
+      elections += r.elections;
+      reads += r.reads;
+    }
+    // The runs must have exercised something: writes acknowledged, masters changing, reads served.
+    assert.ok(acknowledged > SEEDS * 50, `only ${acknowledged} acknowledged writes`);
+    assert.ok(elections > SEEDS, `only ${elections} elections`);
+    assert.ok(reads > SEEDS * 10, `only ${reads} reads`);
+  });
+
+  test("simulation: membership changes and handovers mixed with the faults", () => {
+    let acknowledged = 0;
+    let changes = 0;
+    let transfers = 0;
+    let removedMaster = 0;
+    const kinds = new Set<string>();
+    for (let seed = 1; seed <= MEMBERSHIP_SEEDS; seed++) {
+      const r = runSimulation(membershipOptions(seed));
+      acknowledged += r.acknowledged;
+      changes += r.changes;
+      transfers += r.transfers;
+      if (r.removedMaster) removedMaster++;
+      for (const k of r.changeKinds) kinds.add(k);
+    }
+    assert.ok(acknowledged > MEMBERSHIP_SEEDS * 50, `only ${acknowledged} acknowledged writes`);
+    assert.ok(changes > MEMBERSHIP_SEEDS * 2, `only ${changes} membership changes`);
+    assert.deepEqual([...kinds].sort(), ["addLearner", "promote", "remove"]);
+    assert.ok(transfers > MEMBERSHIP_SEEDS / 4, `only ${transfers} handovers`);
+    assert.ok(removedMaster > MEMBERSHIP_SEEDS / 10, `the master was removed in only ${removedMaster} runs`);
+  });
+}

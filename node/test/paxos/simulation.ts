@@ -1,11 +1,22 @@
 // Deterministic simulation of a whole group around the pure core, from one seed: a network that
 // loses, duplicates, delays and reorders messages and can be partitioned; disks whose writes are
 // only durable once their (simulated) fsync completes; crashes that lose everything unsynced;
-// members whose clocks run at different rates. Every run checks the safety invariants as it goes
-// and liveness once the faults stop.
+// members whose clocks run at different rates; optionally membership changes (learners added,
+// promoted, voters removed, the master among them) and master handovers. Every run checks the
+// safety invariants as it goes and liveness once the faults stop.
 
+import { hasMajority, isOneStep, majority, votersOf } from "../../src/paxos/config.js";
 import { type CoreEvent, PaxosCore, type Ready, type Timing } from "../../src/paxos/core.js";
-import type { Ballot, ChosenEntry, Envelope, LogRecord, MemberId, Value } from "../../src/paxos/types.js";
+import type {
+  Ballot,
+  ChosenEntry,
+  ConfigChange,
+  Configuration,
+  Envelope,
+  LogRecord,
+  MemberId,
+  Value,
+} from "../../src/paxos/types.js";
 import { ZERO_BALLOT } from "../../src/paxos/types.js";
 
 /** mulberry32: small, fast, and good enough to drive a simulation reproducibly. */
@@ -46,6 +57,10 @@ export interface SimOptions {
   faultsUntil: number;
   /** Total simulated time; the tail after faultsUntil must show progress. */
   duration: number;
+  /** Propose random membership changes and master handovers while the faults run. */
+  membership?: boolean;
+  /** The core's activation delay (the window is 8); by default the core's own. */
+  activationDelay?: number;
   trace?: (line: string) => void;
 }
 
@@ -54,6 +69,9 @@ const TICK_MS = 10;
 const LEARN_BATCH = 8;
 /** Time after the faults stop within which the group must be serving again. */
 const SETTLE_MS = 1000;
+const WINDOW = 8;
+/** A group never grows beyond this many members, voters and learners together. */
+const MAX_MEMBERS = 5;
 /** Clients stop this long before the end, so their last commands have time to finish. */
 const CLIENT_QUIET_MS = 300;
 
@@ -110,8 +128,11 @@ interface DurableLog {
   records: Map<number, LogRecord>;
 }
 
-interface Member {
+interface SimMember {
   readonly name: MemberId;
+  /** What the member is started with: the voters it knows of, and itself as a learner if it joined. */
+  readonly initialVoters: readonly MemberId[];
+  readonly joined: boolean;
   core: PaxosCore | null;
   /** Bumped on every crash: completions scheduled by an earlier life are ignored. */
   life: number;
@@ -146,6 +167,13 @@ export interface SimResult {
   readonly elections: number;
   readonly reads: number;
   readonly events: number;
+  /** Configuration changes reported done, and their kinds. */
+  readonly changes: number;
+  readonly changeKinds: ReadonlySet<ConfigChange["kind"]>;
+  /** Handovers reported done. */
+  readonly transfers: number;
+  /** True when some change removed the member that was master when it was asked. */
+  readonly removedMaster: boolean;
 }
 
 const decoder = new TextDecoder();
@@ -154,13 +182,18 @@ export function runSimulation(opts: SimOptions): SimResult {
   const rng = new Rng(opts.seed);
   const trace = opts.trace;
   const queue = new EventQueue();
+  const alpha = opts.activationDelay;
   let now = 0;
   let events = 0;
-  const names = Array.from({ length: opts.members }, (_, i) => `m${i + 1}`);
-  const members = new Map<MemberId, Member>();
-  for (const name of names) {
-    members.set(name, {
+  const founders = Array.from({ length: opts.members }, (_, i) => `m${i + 1}`);
+  const members = new Map<MemberId, SimMember>();
+  const addressOf = (name: MemberId) => `addr-${name}`;
+
+  function addMember(name: MemberId, initialVoters: readonly MemberId[], joined: boolean): SimMember {
+    const m: SimMember = {
       name,
+      initialVoters,
+      joined,
       core: null,
       life: 0,
       durable: { promised: ZERO_BALLOT, chosenUpTo: -1, records: new Map() },
@@ -171,17 +204,24 @@ export function runSimulation(opts: SimOptions): SimResult {
       clockOffset: rng.between(0, 5000),
       pending: new Map(),
       pendingReads: new Map(),
-    });
+    };
+    members.set(name, m);
+    return m;
   }
+  for (const name of founders) addMember(name, founders, false);
+  const allNames = () => [...members.keys()];
 
   // Fault state.
   let lossRate = 0;
   let dupRate = 0;
   let partition: Map<MemberId, number> | null = null;
   const faultsActive = () => now < opts.faultsUntil;
+  const side = (name: MemberId) => partition?.get(name) ?? 0;
 
   // Global truth for the invariants.
   const chosenValues = new Map<number, Value>();
+  /** Every durable vote: instance -> "ballot|value id" -> voters. */
+  const votes = new Map<number, Map<string, Set<MemberId>>>();
   const commands = new Map<number, ClientCommand>();
   const requestToCommand = new Map<number, number>();
   let nextRequestId = 1;
@@ -189,17 +229,59 @@ export function runSimulation(opts: SimOptions): SimResult {
   let highestAcknowledgedInstance = -1;
   let reads = 0;
   let elections = 0;
+  let changes = 0;
+  let transfers = 0;
+  let removedMaster = false;
+  const changeKinds = new Set<ConfigChange["kind"]>();
+  /** Admin requests in flight: request id -> what was asked, for the trace and the checks. */
+  const adminRequests = new Map<number, { kind: ConfigChange["kind"] | "transfer"; by: MemberId }>();
+  let nextMemberNumber = opts.members + 1;
 
   const fail = (msg: string): never => {
     throw new InvariantViolation(`seed ${opts.seed} at t=${now.toFixed(2)}: ${msg}`);
   };
 
-  const localTime = (m: Member) => Math.floor(now * m.clockRate + m.clockOffset);
+  const localTime = (m: SimMember) => Math.floor(now * m.clockRate + m.clockOffset);
+
+  // ------------------------------------------------------------------------------------------
+  // Configurations of the global chosen log (the same rule as the core's, computed independently)
+
+  const activation = alpha ?? 32;
+  const initialConfig: Configuration = {
+    members: founders.map((name) => ({ name, address: addressOf(name), role: "voter" as const })),
+  };
+  /** Chosen configuration values in instance order: [instance, config]. */
+  const chosenConfigs: [number, Configuration][] = [];
+
+  function globalConfigAt(instance: number): Configuration {
+    let c = initialConfig;
+    for (const [k, config] of chosenConfigs) if (k + activation <= instance) c = config;
+    return c;
+  }
+
+  function latestGlobalConfig(): Configuration {
+    return chosenConfigs.at(-1)?.[1] ?? initialConfig;
+  }
+
+  function recordChosenConfig(instance: number, config: Configuration): void {
+    const prev = chosenConfigs.at(-1);
+    if (prev !== undefined) {
+      // One change at a time: the previous configuration was in force before this one was chosen.
+      if (instance < prev[0] + activation) {
+        fail(`configuration chosen at ${instance} while the one chosen at ${prev[0]} was still pending`);
+      }
+    }
+    const before = prev?.[1] ?? initialConfig;
+    if (!isOneStep(before, config)) {
+      fail(`configuration at ${instance} is not one step from the previous: ${JSON.stringify(config)}`);
+    }
+    chosenConfigs.push([instance, config]);
+  }
 
   // ------------------------------------------------------------------------------------------
   // Members
 
-  function start(m: Member): void {
+  function start(m: SimMember): void {
     m.life++;
     // Replay what the durable log has chosen beyond the state machine, as the real runtime does.
     for (let i = m.executed + 1; i <= m.durable.chosenUpTo; i++) {
@@ -211,15 +293,26 @@ export function runSimulation(opts: SimOptions): SimResult {
     const unchosen = [...m.durable.records.values()]
       .filter((r) => r.instance > m.durable.chosenUpTo)
       .sort((a, b) => a.instance - b.instance);
+    // Like the runtime: the configurations of the chosen log go back in.
+    const configurations: { instance: number; config: Configuration }[] = [];
+    for (const rec of m.durable.records.values()) {
+      if (rec.chosen && rec.instance <= m.durable.chosenUpTo && rec.value.kind === "config") {
+        configurations.push({ instance: rec.instance, config: rec.value.config });
+      }
+    }
     m.core = new PaxosCore({
       self: m.name,
-      voters: names,
+      voters: m.initialVoters,
+      ...(m.joined ? { learners: [m.name] } : {}),
+      addresses: Object.fromEntries([m.name, ...m.initialVoters].map((n) => [n, addressOf(n)])),
+      configurations,
       incarnation: String(m.life),
       random: () => rng.next(),
       now: localTime(m),
       recovered: { promised: m.durable.promised, chosenUpTo: m.durable.chosenUpTo, unchosen },
       timing: TIMING,
-      window: 8,
+      window: WINDOW,
+      ...(alpha !== undefined ? { activationDelay: alpha } : {}),
       maxBatchCommands: 16,
     });
     m.pipelineTail = now;
@@ -227,7 +320,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     scheduleTick(m, m.life);
   }
 
-  function crash(m: Member): void {
+  function crash(m: SimMember): void {
     if (m.core === null) return;
     trace?.(`${now.toFixed(2)} ${m.name} CRASH`);
     m.core = null;
@@ -238,7 +331,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     m.pendingReads.clear();
   }
 
-  function scheduleTick(m: Member, life: number): void {
+  function scheduleTick(m: SimMember, life: number): void {
     const jitter = rng.between(0, 2);
     queue.push(now + TICK_MS / m.clockRate + jitter, () => {
       if (m.life !== life || m.core === null) return;
@@ -247,7 +340,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     });
   }
 
-  function step(m: Member, ev: CoreEvent): void {
+  function step(m: SimMember, ev: CoreEvent): void {
     const core = m.core!;
     const wasMaster = core.status().role === "master";
     core.step(ev);
@@ -258,7 +351,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     processReady(m, core.ready());
   }
 
-  function processReady(m: Member, rd: Ready): void {
+  function processReady(m: SimMember, rd: Ready): void {
     for (const env of rd.sendNow) send(m.name, env);
     // Like the runtime: chosen values are executed at once (they are durable on a quorum), and
     // answers to clients go out with them; everything else waits for this Ready's fsync.
@@ -275,6 +368,12 @@ export function runSimulation(opts: SimOptions): SimResult {
       reads++;
     }
     for (const r of rd.readsFailed) m.pendingReads.delete(r.requestId);
+    for (const d of rd.adminDone) adminDone(m, d.requestId, d.instance);
+    for (const f of rd.adminFailed) {
+      const req = adminRequests.get(f.requestId);
+      adminRequests.delete(f.requestId);
+      trace?.(`${now.toFixed(2)} ${m.name} ${req?.kind} failed: ${f.reason} ${f.message}`);
+    }
     const life = m.life;
     const fsync = rd.persist === null ? 0 : rd.persist.sync ? rng.between(0.2, 1.5) : 0.01;
     const at = Math.max(now, m.pipelineTail) + fsync;
@@ -296,7 +395,7 @@ export function runSimulation(opts: SimOptions): SimResult {
       for (const load of rd.loads) {
         const entries: ChosenEntry[] = [];
         for (let i = load.from; entries.length < LEARN_BATCH; i++) {
-          const rec = m.durable.records.get(i);
+          const rec = visibleRecord(m, i);
           if (rec === undefined || !rec.chosen) break;
           entries.push({ instance: i, value: rec.value });
         }
@@ -307,18 +406,35 @@ export function runSimulation(opts: SimOptions): SimResult {
     });
   }
 
-  function applyDurably(m: Member, batch: NonNullable<Ready["persist"]>): void {
+  /** What a read of the log sees: unsynced writes too (they are in memory), until a crash loses them. */
+  function visibleRecord(m: SimMember, instance: number): LogRecord | undefined {
+    for (let i = m.unsynced.length - 1; i >= 0; i--) {
+      const rec = m.unsynced[i]!.records.find((r) => r.instance === instance);
+      if (rec !== undefined) return rec;
+    }
+    return m.durable.records.get(instance);
+  }
+
+  function applyDurably(m: SimMember, batch: NonNullable<Ready["persist"]>): void {
     const d = m.durable;
     if (batch.promised !== undefined) d.promised = batch.promised;
     for (const rec of batch.records) {
       const prev = d.records.get(rec.instance);
       if (prev?.chosen && !rec.chosen) fail(`${m.name}: chosen record ${rec.instance} overwritten by a vote`);
       d.records.set(rec.instance, rec);
+      if (!rec.chosen) {
+        const byValue = votes.get(rec.instance) ?? new Map<string, Set<MemberId>>();
+        votes.set(rec.instance, byValue);
+        const key = `${rec.ballot.counter}.${rec.ballot.member}|${rec.value.id}`;
+        const voters = byValue.get(key) ?? new Set<MemberId>();
+        byValue.set(key, voters);
+        voters.add(m.name);
+      }
     }
     if (batch.chosenUpTo !== undefined) d.chosenUpTo = batch.chosenUpTo;
   }
 
-  function execute(m: Member, instance: number, value: Value): void {
+  function execute(m: SimMember, instance: number, value: Value): void {
     const prev = chosenValues.get(instance);
     // The state machine may be ahead of the synced chosen marks after a crash; such values are
     // handed out again and must be the same.
@@ -329,21 +445,25 @@ export function runSimulation(opts: SimOptions): SimResult {
     }
     if (instance !== m.executed + 1) fail(`${m.name} executes ${instance} after ${m.executed}`);
     m.executed = instance;
-    if (prev === undefined) chosenValues.set(instance, value);
-    else if (prev.id !== value.id) fail(`instance ${instance} chosen twice: ${prev.id} and ${value.id}`);
+    if (prev === undefined) {
+      chosenValues.set(instance, value);
+      if (value.kind === "config") recordChosenConfig(instance, value.config);
+    } else if (prev.id !== value.id) fail(`instance ${instance} chosen twice: ${prev.id} and ${value.id}`);
   }
 
   // ------------------------------------------------------------------------------------------
   // Network
 
   function send(from: MemberId, env: Envelope): void {
-    if (partition !== null && partition.get(from) !== partition.get(env.to)) return;
+    if (side(from) !== side(env.to)) return;
     if (faultsActive() && rng.chance(lossRate)) return;
+    const to = members.get(env.to);
+    // A message to a member the simulation never started (a stale name) is lost.
+    if (to === undefined) return;
     const copies = faultsActive() && rng.chance(dupRate) ? 2 : 1;
     for (let i = 0; i < copies; i++) {
       const slow = faultsActive() && rng.chance(0.05);
       const delay = slow ? rng.between(5, 60) : rng.between(0.05, 1.5);
-      const to = members.get(env.to)!;
       const life = to.life;
       queue.push(now + delay, () => deliver(from, env.to, env.message, life));
     }
@@ -352,14 +472,14 @@ export function runSimulation(opts: SimOptions): SimResult {
   function deliver(from: MemberId, to: MemberId, message: Envelope["message"], life: number): void {
     const m = members.get(to)!;
     if (m.core === null || m.life !== life) return;
-    if (partition !== null && partition.get(from) !== partition.get(to)) return;
+    if (side(from) !== side(to)) return;
     step(m, { type: "receive", from, message });
   }
 
   // ------------------------------------------------------------------------------------------
   // Clients
 
-  function submit(cmd: ClientCommand, at: Member): void {
+  function submit(cmd: ClientCommand, at: SimMember): void {
     if (at.core === null) return;
     const requestId = nextRequestId++;
     requestToCommand.set(requestId, cmd.id);
@@ -368,8 +488,8 @@ export function runSimulation(opts: SimOptions): SimResult {
     step(at, { type: "propose", requestId, command: cmd.bytes });
   }
 
-  function acknowledge(m: Member, instance: number, value: Value, requestIds: readonly number[]): void {
-    if (value.kind !== "commands") fail(`acknowledged a no-op at ${instance}`);
+  function acknowledge(m: SimMember, instance: number, value: Value, requestIds: readonly number[]): void {
+    if (value.kind !== "commands") fail(`acknowledged a ${value.kind} at ${instance}`);
     requestIds.forEach((requestId, i) => {
       const commandId = m.pending.get(requestId);
       if (commandId === undefined) return;
@@ -384,7 +504,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     });
   }
 
-  function settleFailure(m: Member, requestId: number): void {
+  function settleFailure(m: SimMember, requestId: number): void {
     const commandId = m.pending.get(requestId);
     if (commandId === undefined) return;
     m.pending.delete(requestId);
@@ -392,9 +512,13 @@ export function runSimulation(opts: SimOptions): SimResult {
     cmd.unknownAttempts--;
     cmd.definiteFailures++;
     // Certainly not chosen: the client may send the same command again.
-    const master = m.core?.status().master;
-    const target =
-      master !== null && master !== undefined ? members.get(master)! : members.get(rng.pick(names))!;
+    // Sent to the master this member names, or anywhere when it names none but itself or one
+    // outside its configuration (removed members may name each other, as old news).
+    const st = m.core?.status();
+    const master = st?.master ?? null;
+    const inConfig = st?.members.some((x) => x.name === master) ?? false;
+    const named = master !== null && master !== m.name && inConfig ? members.get(master) : undefined;
+    const target = named ?? members.get(rng.pick(allNames()))!;
     queue.push(now + rng.between(5, 30), () => {
       if (cmd.acknowledgedAt === null && cmd.unknownAttempts === 0) submit(cmd, target);
     });
@@ -411,16 +535,81 @@ export function runSimulation(opts: SimOptions): SimResult {
       definiteFailures: 0,
     };
     commands.set(id, cmd);
-    submit(cmd, members.get(rng.pick(names))!);
+    submit(cmd, members.get(rng.pick(allNames()))!);
+  }
+
+  function masters(): SimMember[] {
+    return [...members.values()].filter((m) => m.core?.status().role === "master");
   }
 
   function newRead(): void {
-    const live = [...members.values()].filter((m) => m.core?.status().role === "master");
+    const live = masters();
     if (live.length === 0) return;
     const m = rng.pick(live);
     const requestId = nextRequestId++;
     m.pendingReads.set(requestId, highestAcknowledgedInstance);
     step(m, { type: "readIndex", requestId });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Membership: what an operator does, through the master
+
+  function adminDone(m: SimMember, requestId: number, instance: number): void {
+    const req = adminRequests.get(requestId);
+    adminRequests.delete(requestId);
+    if (req === undefined) fail(`${m.name}: unknown admin request ${requestId} reported done`);
+    trace?.(`${now.toFixed(2)} ${m.name} ${req!.kind} done at ${instance}`);
+    if (req!.kind === "transfer") {
+      transfers++;
+      return;
+    }
+    const v = chosenValues.get(instance);
+    if (v?.kind !== "config") fail(`${req!.kind} reported done at ${instance}, which chose ${v?.kind}`);
+    if (m.core?.status().role === "master" && m.executed < instance + activation - 1) {
+      fail(`${req!.kind} reported done on the master before it is in force`);
+    }
+    changes++;
+    changeKinds.add(req!.kind);
+  }
+
+  function proposeChange(master: SimMember, change: ConfigChange): void {
+    const requestId = nextRequestId++;
+    adminRequests.set(requestId, { kind: change.kind, by: master.name });
+    trace?.(`${now.toFixed(2)} ${master.name} asked: ${JSON.stringify(change)}`);
+    if (change.kind === "remove" && change.name === master.name) removedMaster = true;
+    step(master, { type: "proposeConfig", requestId, change });
+  }
+
+  function membershipAction(): void {
+    const candidates = masters();
+    if (candidates.length === 0) return;
+    const master = rng.pick(candidates);
+    const st = master.core!.status();
+    const config = st.configuration.pending ?? st.configuration;
+    const voters = config.members.filter((x) => x.role === "voter").map((x) => x.name);
+    const learner = config.members.find((x) => x.role === "learner");
+    const roll = rng.next();
+    if (roll < 0.15 && voters.length > 1) {
+      const to = rng.pick(voters.filter((v) => v !== master.name));
+      const requestId = nextRequestId++;
+      adminRequests.set(requestId, { kind: "transfer", by: master.name });
+      trace?.(`${now.toFixed(2)} ${master.name} asked: transfer to ${to}`);
+      step(master, { type: "transferMaster", requestId, to });
+    } else if (learner !== undefined && roll < 0.7) {
+      proposeChange(master, { kind: "promote", name: learner.name });
+    } else if (config.members.length < MAX_MEMBERS && (config.members.length <= 3 || roll < 0.85)) {
+      // Start the new member first, as the operator does: it knows the voters and itself.
+      const waiting = [...members.values()].find(
+        (x) => x.joined && !config.members.some((c) => c.name === x.name) && x.durable.chosenUpTo < 0,
+      );
+      const joiner = waiting ?? addMember(`m${nextMemberNumber++}`, voters, true);
+      if (joiner.core === null && joiner.life === 0) start(joiner);
+      proposeChange(master, { kind: "addLearner", name: joiner.name, address: addressOf(joiner.name) });
+    } else {
+      const removable = config.members.map((x) => x.name);
+      const name = rng.chance(0.35) ? master.name : rng.pick(removable);
+      proposeChange(master, { kind: "remove", name });
+    }
   }
 
   // ------------------------------------------------------------------------------------------
@@ -441,8 +630,8 @@ export function runSimulation(opts: SimOptions): SimResult {
     const roll = rng.next();
     if (roll < 0.3) {
       // Half of the crashes hit the master, where most of the interesting state lives.
-      const master = [...members.values()].find((x) => x.core?.status().role === "master");
-      const m = master !== undefined && rng.chance(0.5) ? master : members.get(rng.pick(names))!;
+      const master = masters()[0];
+      const m = master !== undefined && rng.chance(0.5) ? master : members.get(rng.pick(allNames()))!;
       if (m.core !== null) {
         crash(m);
         const downFor = rng.between(10, 400);
@@ -451,7 +640,7 @@ export function runSimulation(opts: SimOptions): SimResult {
         });
       }
     } else if (roll < 0.5) {
-      partition = new Map(names.map((n) => [n, rng.int(2)]));
+      partition = new Map(allNames().map((n) => [n, rng.int(2)]));
       trace?.(`${now.toFixed(2)} partition ${JSON.stringify([...partition])}`);
     } else if (roll < 0.65) {
       partition = null;
@@ -464,12 +653,21 @@ export function runSimulation(opts: SimOptions): SimResult {
   };
   queue.push(rng.between(20, 100), faultLoop);
 
+  if (opts.membership === true) {
+    const membershipLoop = () => {
+      if (!faultsActive()) return;
+      membershipAction();
+      queue.push(now + rng.between(40, 200), membershipLoop);
+    };
+    queue.push(rng.between(50, 150), membershipLoop);
+  }
+
   queue.push(opts.faultsUntil, () => {
     partition = null;
     lossRate = 0;
     dupRate = 0;
     trace?.(`${now.toFixed(2)} faults stop`);
-    for (const m of members.values()) if (m.core === null) start(m);
+    for (const m of members.values()) if (m.core === null && m.life > 0) start(m);
   });
 
   for (;;) {
@@ -488,6 +686,18 @@ export function runSimulation(opts: SimOptions): SimResult {
   const seen = new Map<number, number>();
   for (let i = 0; i <= contiguous; i++) {
     const v = chosenValues.get(i)!;
+    // Every chosen value was accepted at one ballot by a majority of the voters of its
+    // configuration; votes of members that were no voters there (learners) never count.
+    const config = globalConfigAt(i);
+    const accepted = [...(votes.get(i) ?? new Map<string, Set<MemberId>>())].some(
+      ([key, voters]) => key.endsWith(`|${v.id}`) && hasMajority(config, voters),
+    );
+    if (!accepted) {
+      fail(
+        `instance ${i} (${v.id}) chosen without a majority (${majority(config)}) of voters ` +
+          `${votersOf(config).join(",")} accepting it at one ballot: ${JSON.stringify([...(votes.get(i) ?? [])].map(([k, s]) => [k, [...s]]))}`,
+      );
+    }
     if (v.kind !== "commands") continue;
     for (const c of v.commands) {
       const id = Number(decoder.decode(c).slice(1));
@@ -503,11 +713,29 @@ export function runSimulation(opts: SimOptions): SimResult {
       fail(`command c${cmd.id} acknowledged at ${cmd.acknowledgedAt} but found at ${seen.get(cmd.id)}`);
     }
   }
-  // Liveness: once the faults stop, every member catches up and every command sent after a
-  // settling period is acknowledged.
-  const executed = [...members.values()].map((m) => m.executed);
-  if (new Set(executed).size !== 1)
-    fail(`members did not converge after the faults: executed ${executed.join(",")}`);
+  if (trace !== undefined) {
+    for (const m of members.values()) {
+      const st = m.core?.status();
+      if (st === undefined) {
+        trace(`end ${m.name}: down, executed ${m.executed}`);
+        continue;
+      }
+      const { peerChosenUpTo, configuration, members: rows, ...rest } = st;
+      trace(
+        `end ${m.name}: ${JSON.stringify(rest)} in force ${JSON.stringify(configuration)} ` +
+          `members ${JSON.stringify(rows)}`,
+      );
+    }
+  }
+  // Liveness: once the faults stop, every member of the final configuration catches up and every
+  // command sent after a settling period is acknowledged. Removed members may stay behind.
+  const finalMembers = latestGlobalConfig().members.map((x) => members.get(x.name)!);
+  const executed = finalMembers.map((m) => m.executed);
+  if (new Set(executed).size !== 1) {
+    fail(
+      `members did not converge after the faults: ${finalMembers.map((m) => `${m.name}=${m.executed}`).join(",")}`,
+    );
+  }
   for (const cmd of commands.values()) {
     if (cmd.createdAt >= opts.faultsUntil + SETTLE_MS && cmd.acknowledgedAt === null) {
       fail(
@@ -515,5 +743,15 @@ export function runSimulation(opts: SimOptions): SimResult {
       );
     }
   }
-  return { acknowledged, chosen: contiguous + 1, elections, reads, events };
+  return {
+    acknowledged,
+    chosen: contiguous + 1,
+    elections,
+    reads,
+    events,
+    changes,
+    changeKinds,
+    transfers,
+    removedMaster,
+  };
 }

@@ -42,6 +42,20 @@ const value: fc.Arbitrary<Value> = fc.oneof(
     id: name,
     commands: fc.array(fc.uint8Array({ maxLength: 48 }), { maxLength: 4 }),
   }),
+  rec({
+    kind: fc.constant("config" as const),
+    id: name,
+    config: rec({
+      members: fc.array(
+        rec({
+          name: nonEmptyName,
+          address: name,
+          role: fc.constantFrom("voter" as const, "learner" as const),
+        }),
+        { maxLength: 5 },
+      ),
+    }),
+  }),
 );
 const chosenEntries = fc.array(rec({ instance: nat, value }), { maxLength: 4 });
 
@@ -71,6 +85,7 @@ const coreMessage: fc.Arbitrary<Message> = fc.oneof(
   }),
   rec({ type: fc.constant("learnRequest" as const), from: nat }),
   rec({ type: fc.constant("learnReply" as const), entries: chosenEntries, chosenUpTo: point }),
+  rec({ type: fc.constant("handover" as const), ballot, to: nonEmptyName }),
 );
 
 const runtimeMessage: fc.Arbitrary<RuntimeMessage> = fc.oneof(
@@ -154,7 +169,7 @@ test("runtime messages use type codes from 64 up, distinct from the core's", () 
     ],
     [64, 65, 66, 67, 68],
   );
-  assert.equal(new Set(typeCodes).size, 14);
+  assert.equal(new Set(typeCodes).size, 15);
 });
 
 test("random bytes only ever produce FrameError", () => {
