@@ -81,8 +81,10 @@ export function validateChange(
       break;
     case "remove":
       if (role === null) return invalid(`${change.name} is not a member`);
+      // Not malformed, just impossible for this group: the same answer as any other change that
+      // would leave the group unable to decide.
       if (role === "voter" && votersOf(current).length === 1) {
-        return invalid(`removing ${change.name} would leave no voter`);
+        return { ok: false, reason: "no_quorum", message: `removing ${change.name} would leave no voter` };
       }
       members = current.members.filter((m) => m.name !== change.name);
       break;

@@ -8,6 +8,7 @@ import type { Logger } from "pino";
 import { CheckpointStore } from "../checkpoint/checkpoint-store.js";
 import { applyPendingInstall, restoreFromLocalCheckpoint } from "../checkpoint/install.js";
 import { CHECKPOINT_PATH } from "../checkpoint/transfer.js";
+import { roleOf } from "../paxos/config.js";
 import {
   type CommittedEntry,
   type CoreEvent,
@@ -16,7 +17,7 @@ import {
   type Ready,
   type Timing,
 } from "../paxos/core.js";
-import type { LogRecord, Message } from "../paxos/types.js";
+import type { Configuration, LogRecord, Message, Value } from "../paxos/types.js";
 import type { AdminRoutes } from "../server/admin-routes.js";
 import type { Metrics } from "../server/metrics.js";
 import { type KvService, type NodeStatus, type ReadConsistency, ServiceError } from "../server/service.js";
@@ -26,6 +27,8 @@ import { PaxosLog, type RecoveredLogState } from "../storage/paxos-log.js";
 import { isCoreMessage, type PeerMessage } from "../transport/peer-message.js";
 import { PeerTransport } from "../transport/peer-transport.js";
 import { CheckpointDriver } from "./checkpoints.js";
+import { answerGroup, discoverGroup, GROUP_PATH } from "./discovery.js";
+import { AdminRefusal, membershipRoutes } from "./membership.js";
 import { PendingRequests, ProgressWaiters } from "./waiters.js";
 
 export interface RuntimeOptions {
@@ -58,6 +61,8 @@ export interface RuntimeOptions {
 }
 
 const TICK_MS = 10;
+/** paxos_member_lag is refreshed at most this often: the lags need the whole membership. */
+const LAG_GAUGE_MS = 1000;
 /** Log records deleted per batch when a received checkpoint replaces the old log. */
 const INSTALL_DELETE_BATCH = 10_000;
 const LEARN_BATCH_COUNT = 512;
@@ -75,6 +80,12 @@ export class NodeRuntime implements KvService {
   private readonly core: PaxosCore;
   private readonly transport: PeerTransport;
   private readonly checkpoints: CheckpointDriver;
+  /** Every member this one exchanges messages with: `--peers`, then the chosen configurations. */
+  private peerAddresses: ReadonlyMap<string, string>;
+  /** Membership changes and master transfers asked of the local core. */
+  private readonly adminRequests = new PendingRequests<number>();
+  private loggedPeersDiffer = false;
+  private lagGaugesAt = Number.NEGATIVE_INFINITY;
   private readonly executed: ProgressWaiters;
   /** Writes proposed here, by core request id. */
   private readonly proposals = new PendingRequests<WriteResult>();
@@ -105,13 +116,19 @@ export class NodeRuntime implements KvService {
     private readonly replayedOnStart: number,
     checkpointStore: CheckpointStore,
     cleaner: Awaited<ReturnType<typeof CheckpointDriver.openCleaner>>,
+    initial: InitialMembership,
   ) {
     this.log = opts.logger;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 10_000;
     this.executed = new ProgressWaiters(sm.lastExecutedInstance());
+    this.peerAddresses = initial.addresses;
+    const recorded = sm.configurations().at(-1);
     this.core = new PaxosCore({
       self: opts.member,
-      voters: [...opts.peers.keys()],
+      voters: initial.voters,
+      learners: initial.learners,
+      addresses: Object.fromEntries(initial.addresses),
+      configurations: sm.configurations(),
       incarnation: randomBytes(6).toString("hex"),
       random: Math.random,
       now: performance.now(),
@@ -119,11 +136,12 @@ export class NodeRuntime implements KvService {
       ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
       ...(opts.window !== undefined ? { window: opts.window } : {}),
     });
+    if (recorded !== undefined) this.warnIfPeersDiffer(recorded.config);
     this.checkpoints = new CheckpointDriver(opts, checkpointStore, sm, cleaner, {
       chosenUpTo: () => this.core.status().chosenUpTo,
       quorum: () => this.core.quorum,
-      peerAddress: (member) => opts.peers.get(member),
-      otherMembers: () => [...opts.peers.keys()].filter((p) => p !== opts.member),
+      peerAddress: (member) => this.peerAddresses.get(member),
+      otherMembers: () => [...this.peerAddresses.keys()].filter((p) => p !== opts.member),
       send: (to, message) => this.transport.send(to, message),
       checkpointLoaded: (instance, from) => opts.onCheckpointLoaded(instance, from),
     });
@@ -133,7 +151,7 @@ export class NodeRuntime implements KvService {
       host: opts.host,
       port: opts.peerPort,
       ...(opts.token !== undefined ? { token: opts.token } : {}),
-      peers: opts.peers,
+      peers: this.peerAddresses,
       logger: opts.logger.child({ component: "transport" }),
       events: {
         rejectedFrame: (peer, reason) => m.rejectedFrames.inc({ peer, reason }),
@@ -141,7 +159,14 @@ export class NodeRuntime implements KvService {
         dropped: (peer, count) => m.droppedMessages.inc({ peer }, count),
       },
       onMessage: (from, message) => this.onPeerMessage(from, message),
-      channels: { [CHECKPOINT_PATH]: (ws, member) => this.checkpoints.serve(ws, member) },
+      channels: {
+        [CHECKPOINT_PATH]: (ws, member) => this.checkpoints.serve(ws, member),
+        [GROUP_PATH]: (ws) => {
+          const s = this.core.status();
+          const established = s.chosenUpTo >= 0 || s.master !== null || s.promised.counter > 0;
+          answerGroup(ws, { established, members: s.configuration.members });
+        },
+      },
     });
   }
 
@@ -204,7 +229,7 @@ export class NodeRuntime implements KvService {
       }
       let replayed = 0;
       for await (const e of paxosLog.replay(executed + 1, recovered.chosenUpTo)) {
-        await sm.execute(e.instance, e.value.kind === "commands" ? e.value.commands : []);
+        await executeValue(sm, e.instance, e.value);
         replayed++;
       }
       log.info(
@@ -222,7 +247,14 @@ export class NodeRuntime implements KvService {
       const cleaner = await CheckpointDriver.openCleaner(opts, paxosLog, sm, () =>
         openedSm.lastExecutedInstance(),
       );
-      return new NodeRuntime(opts, paxosLog, sm, recovered, replayed, store, cleaner);
+      const fresh =
+        recovered.promised.counter === 0 &&
+        recovered.chosenUpTo === -1 &&
+        recovered.unchosen.length === 0 &&
+        sm.lastExecutedInstance() === -1 &&
+        store.instanceId() === -1;
+      const initial = fresh ? await initialMembership(opts) : foundingMembership(opts);
+      return new NodeRuntime(opts, paxosLog, sm, recovered, replayed, store, cleaner, initial);
     } catch (e) {
       await sm?.close();
       await paxosLog?.close();
@@ -233,6 +265,7 @@ export class NodeRuntime implements KvService {
 
   async start(): Promise<void> {
     await this.transport.start();
+    this.followConfiguration();
     this.checkpoints.start();
     this.tickTimer = setInterval(() => this.step({ type: "tick", now: performance.now() }), TICK_MS);
     this.updateGauges();
@@ -268,6 +301,9 @@ export class NodeRuntime implements KvService {
     for (const f of rd.failed) this.proposals.reject(f.requestId, failureError(f.reason));
     for (const f of rd.readsFailed) this.localReads.reject(f.requestId, failureError(f.reason));
     for (const r of rd.readsReady) this.localReads.resolve(r.requestId, r.index);
+    for (const d of rd.adminDone) this.adminRequests.resolve(d.requestId, d.instance);
+    for (const f of rd.adminFailed)
+      this.adminRequests.reject(f.requestId, new AdminRefusal(f.reason, f.message));
     const persisted =
       rd.persist !== null ? this.paxosLog.persist(rd.persist, { sync: rd.persist.sync }) : null;
     // A chosen value is already durable on a quorum, so executing it need not wait for our own
@@ -306,7 +342,8 @@ export class NodeRuntime implements KvService {
       const commands = c.value.kind === "commands" ? c.value.commands : [];
       // After a crash the state machine may be ahead of the synced chosen marks; the core then
       // hands out again values the state machine already reflects.
-      if (c.instance > this.sm.lastExecutedInstance()) await this.sm.execute(c.instance, commands);
+      if (c.instance > this.sm.lastExecutedInstance()) await executeValue(this.sm, c.instance, c.value);
+      if (c.value.kind === "config") this.configurationChosen(c.instance, c.value.config);
       this.executed.advance(c.instance);
       m.chosenInstances.inc();
       if (c.requestIds === null) continue;
@@ -316,6 +353,40 @@ export class NodeRuntime implements KvService {
         if (elapsedMs !== null) m.commitLatency.observe(elapsedMs / 1000);
       }
     }
+  }
+
+  /**
+   * A configuration was chosen: links follow its members (and a pending one's), and a difference
+   * from `--peers` is logged once — the log wins.
+   */
+  private configurationChosen(instance: number, config: Configuration): void {
+    this.log.info({ instance, members: config.members }, "membership configuration chosen");
+    this.followConfiguration();
+    this.warnIfPeersDiffer(config);
+  }
+
+  private warnIfPeersDiffer(config: Configuration): void {
+    const fromFlags = [...this.opts.peers.keys()].sort().join(",");
+    const chosen = config.members
+      .map((m) => m.name)
+      .sort()
+      .join(",");
+    if (chosen === fromFlags || this.loggedPeersDiffer) return;
+    this.loggedPeersDiffer = true;
+    this.log.warn(
+      { peers: fromFlags, chosenMembers: chosen },
+      "the chosen configuration differs from --peers; the chosen configuration wins",
+    );
+  }
+
+  private followConfiguration(): void {
+    const next = new Map(this.peerAddresses);
+    for (const m of this.core.status().members) if (m.address !== "") next.set(m.name, m.address);
+    const same =
+      next.size === this.peerAddresses.size && [...next].every(([k, v]) => this.peerAddresses.get(k) === v);
+    if (same) return;
+    this.peerAddresses = next;
+    this.transport.setPeers(next);
   }
 
   private fatal(e: unknown): void {
@@ -333,6 +404,15 @@ export class NodeRuntime implements KvService {
       m.role.set({ role: s.role }, 1);
       if (this.lastRole !== null) this.log.info({ role: s.role, master: s.master }, "role changed");
       this.lastRole = s.role;
+    }
+    const now = performance.now();
+    if (now - this.lagGaugesAt >= LAG_GAUGE_MS) {
+      this.lagGaugesAt = now;
+      const isMaster = s.role === "master";
+      for (const member of s.members) {
+        const lag = this.lagOf(member.name, isMaster, s);
+        if (lag !== null) m.memberLag.set({ peer: member.name }, lag);
+      }
     }
   }
 
@@ -511,13 +591,16 @@ export class NodeRuntime implements KvService {
     return {
       member: this.opts.member,
       group: this.opts.group,
-      role: s.role,
+      role:
+        s.role === "follower" && roleOf({ members: s.configuration.members }, this.opts.member) === "learner"
+          ? "learner"
+          : s.role,
       master: s.master,
-      members: [...this.opts.peers].map(([name, address]) => ({
-        name,
-        address,
-        role: "voter" as const,
-        lag: this.lagOf(name, isMaster, s),
+      members: s.members.map((m) => ({
+        name: m.name,
+        address: m.address,
+        role: m.role,
+        lag: m.name === this.opts.member || isMaster ? this.lagOf(m.name, isMaster, s) : null,
       })),
       instances: {
         chosen: s.chosenUpTo,
@@ -548,9 +631,25 @@ export class NodeRuntime implements KvService {
     );
   }
 
-  /** Cleaner and checkpoint admin calls, for the HTTP server's admin table. */
+  /** Cleaner, checkpoint and membership admin calls, for the HTTP server's admin table. */
   adminRoutes(): AdminRoutes {
-    return this.checkpoints.adminRoutes();
+    return [
+      ...this.checkpoints.adminRoutes(),
+      ...membershipRoutes({
+        status: () => this.core.status(),
+        propose: (change) => this.askCore((requestId) => ({ type: "proposeConfig", requestId, change })),
+        transferMaster: (to) => this.askCore((requestId) => ({ type: "transferMaster", requestId, to })),
+      }),
+    ];
+  }
+
+  private askCore(event: (requestId: number) => CoreEvent): Promise<number> {
+    if (this.closing) return Promise.reject(new ServiceError("shutting_down", "the member is shutting down"));
+    // A change is answered once in force, which takes activationDelay more instances: the master
+    // fills them with no-ops, so this is bounded like a write.
+    return this.adminRequests.start(this.requestTimeoutMs, timeoutError, (requestId) =>
+      this.step(event(requestId)),
+    );
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -565,7 +664,8 @@ export class NodeRuntime implements KvService {
       await new Promise((r) => setTimeout(r, 10));
     if (this.tickTimer !== null) clearInterval(this.tickTimer);
     const stopped = new ServiceError("shutting_down", "the member is shutting down");
-    for (const p of [this.proposals, this.forwards, this.localReads, this.remoteReads]) p.rejectAll(stopped);
+    for (const p of [this.proposals, this.forwards, this.localReads, this.remoteReads, this.adminRequests])
+      p.rejectAll(stopped);
     this.executed.rejectAll(stopped);
     await this.transport.close();
     await this.checkpoints.close();
@@ -637,4 +737,54 @@ function withExecutedPrefix(r: RecoveredLogState, executed: number): RecoveredLo
     else unchosen.push(rec);
   }
   return { ...r, chosenUpTo, unchosen };
+}
+
+/** Chosen values reach the state machine here: commands, no-ops (nothing) and configurations. */
+function executeValue(sm: KvStateMachine, instance: number, value: Value): Promise<void> {
+  if (value.kind === "config") return sm.executeConfiguration(instance, value.config);
+  return sm.execute(instance, value.kind === "commands" ? value.commands : []);
+}
+
+interface InitialMembership {
+  readonly voters: readonly string[];
+  readonly learners: readonly string[];
+  /** Every member's peer address, self included. */
+  readonly addresses: ReadonlyMap<string, string>;
+}
+
+function foundingMembership(opts: RuntimeOptions): InitialMembership {
+  return { voters: [...opts.peers.keys()], learners: [], addresses: opts.peers };
+}
+
+/** A member without state asks its seeds whether it founds the group or joins a running one. */
+async function initialMembership(opts: RuntimeOptions): Promise<InitialMembership> {
+  const found = await discoverGroup({
+    self: opts.member,
+    peers: opts.peers,
+    host: opts.host,
+    peerPort: opts.peerPort,
+    ...(opts.token !== undefined ? { token: opts.token } : {}),
+    logger: opts.logger,
+  });
+  if (found.founding) return foundingMembership(opts);
+  const members = found.members;
+  const addresses = new Map(members.map((m) => [m.name, m.address]));
+  const own = opts.peers.get(opts.member);
+  if (own !== undefined && !addresses.has(opts.member)) addresses.set(opts.member, own);
+  const self = members.find((m) => m.name === opts.member);
+  if (self?.role === "voter") {
+    // A founding member that starts after the others elected a master looks exactly like this.
+    // (A voter that lost its data would too, and must not vote: remove and re-add it instead.)
+    opts.logger.warn(
+      "no state here, but the running group lists this member as a voter: joining as that voter",
+    );
+  } else {
+    opts.logger.info(
+      { voters: members.filter((m) => m.role === "voter").map((m) => m.name) },
+      "joining a running group as a learner; it must add and promote this member",
+    );
+  }
+  const learners = members.filter((m) => m.role === "learner").map((m) => m.name);
+  if (self === undefined) learners.push(opts.member);
+  return { voters: members.filter((m) => m.role === "voter").map((m) => m.name), learners, addresses };
 }

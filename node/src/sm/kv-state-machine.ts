@@ -1,12 +1,16 @@
 // The built-in key-value state machine, kept in a RocksDB database of its own (not the log's).
 //
 // Layout: "d" + UTF-8 key -> framed value bytes; "m" -> framed 8-byte big-endian last executed
-// instance. Both use the PaxosLog's CRC framing, verified on every read.
+// instance; "c" + 8-byte big-endian instance -> framed membership configuration chosen there (the
+// last two, so a checkpoint carries the membership as of its instance). All use the PaxosLog's CRC
+// framing, verified on every read.
 
 import { rm } from "node:fs/promises";
 import { performance } from "node:perf_hooks";
 import type { CheckpointStore } from "../checkpoint/checkpoint-store.js";
 import { KvDumpWriter } from "../checkpoint/kv-dump.js";
+import { Reader, readConfiguration, Writer, writeConfiguration } from "../paxos/codec.js";
+import type { Configuration } from "../paxos/types.js";
 import { decodeInstance, encodeInstance, frame, unframe } from "../storage/framing.js";
 import { RocksStore, type StoreOp } from "../storage/rocks.js";
 import { decodeKvCommand } from "./kv-command.js";
@@ -43,6 +47,9 @@ export interface CheckpointMade {
 }
 
 const DATA_PREFIX = "d";
+const CONFIG_PREFIX = 0x63; // "c": sorts before the data, so the marker still comes last
+/** Configurations kept: the core needs the one in force and a pending one. */
+const CONFIGS_KEPT = 2;
 /** Sorts after every "d" key, so a full scan reads it last, from the same snapshot as the data. */
 export const KV_META_LAST_EXECUTED = Buffer.from("m");
 /**
@@ -61,6 +68,15 @@ export async function readKvLastExecuted(store: RocksStore): Promise<number> {
 /** Makes every write already applied to the KV database durable. */
 export function syncKvDatabase(store: RocksStore): Promise<void> {
   return store.batch([{ type: "del", key: SYNC_KEY }], { sync: true });
+}
+
+function configKey(instance: number): Buffer {
+  return Buffer.concat([Buffer.from([CONFIG_PREFIX]), encodeInstance(instance)]);
+}
+
+export interface RecordedConfiguration {
+  readonly instance: number;
+  readonly config: Configuration;
 }
 
 function dataKey(key: string): Buffer {
@@ -95,20 +111,35 @@ export class KvStateMachine implements StateMachine {
   /** The running makeCheckpoint(); a second call joins it. */
   private making: Promise<CheckpointMade | null> | null = null;
   private makerPaused = false;
+  /** Membership configurations recorded, oldest first. */
+  private configs: RecordedConfiguration[];
 
   private constructor(
     private readonly store: RocksStore,
     lastExecuted: number,
+    configs: RecordedConfiguration[],
     private readonly options: KvStateMachineOptions,
   ) {
     this.lastExecuted = lastExecuted;
     this.writtenUpTo = lastExecuted;
+    this.configs = configs;
   }
 
   static async open(dir: string, options: KvStateMachineOptions = {}): Promise<KvStateMachine> {
     const store = await RocksStore.open(dir);
     try {
-      return new KvStateMachine(store, await readKvLastExecuted(store), options);
+      const configs: RecordedConfiguration[] = [];
+      for await (const [key, value] of store.iterate({
+        gte: Buffer.from([CONFIG_PREFIX]),
+        lt: Buffer.from([CONFIG_PREFIX + 1]),
+      })) {
+        const instance = decodeInstance(key.subarray(1), "KV state machine configuration key");
+        const r = new Reader(unframe(value, `KV state machine configuration of instance ${instance}`));
+        const config = readConfiguration(r);
+        r.end();
+        configs.push({ instance, config });
+      }
+      return new KvStateMachine(store, await readKvLastExecuted(store), configs, options);
     } catch (err) {
       await store.close();
       throw err;
@@ -126,6 +157,32 @@ export class KvStateMachine implements StateMachine {
    * for the disk only when too many batches are unwritten.
    */
   execute(instance: number, commands: readonly Uint8Array[]): Promise<void> {
+    return this.apply(instance, commands, []);
+  }
+
+  /**
+   * Executes an instance that chose a membership configuration: no commands, but the configuration
+   * is recorded with the instance's marker, so a start or a checkpoint knows the membership.
+   */
+  executeConfiguration(instance: number, config: Configuration): Promise<void> {
+    const w = new Writer(64);
+    writeConfiguration(w, config);
+    const ops: StoreOp[] = [{ type: "put", key: configKey(instance), value: frame(w.finish()) }];
+    const configs = [...this.configs, { instance, config }];
+    for (const old of configs.splice(0, Math.max(0, configs.length - CONFIGS_KEPT))) {
+      ops.push({ type: "del", key: configKey(old.instance) });
+    }
+    const applied = this.apply(instance, [], ops);
+    if (this.lastExecuted === instance) this.configs = configs;
+    return applied;
+  }
+
+  /** The last membership configurations executed, oldest first. */
+  configurations(): readonly RecordedConfiguration[] {
+    return this.configs;
+  }
+
+  private apply(instance: number, commands: readonly Uint8Array[], extraOps: StoreOp[]): Promise<void> {
     if (this.closing)
       return Promise.reject(new Error("KV state machine is closed: execute() called after close()"));
     if (this.failure) {
@@ -165,6 +222,7 @@ export class KvStateMachine implements StateMachine {
         ops.push({ type: "del", key: dataKey(command.key) });
       }
     });
+    ops.push(...extraOps);
     ops.push({ type: "put", key: KV_META_LAST_EXECUTED, value: frame(encodeInstance(instance)) });
     this.lastExecuted = instance;
     this.unwritten.push({ instance, ops, keys });

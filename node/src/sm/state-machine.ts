@@ -2,6 +2,8 @@
 // instance order; the checkpoint half lets a node start from a checkpoint instead of instance 0
 // and lets a peer that fell behind receive a whole checkpoint instead of the log.
 
+import type { Configuration } from "../paxos/types.js";
+
 /** One file of a checkpoint, relative to the checkpoint directory. */
 export interface CheckpointFile {
   readonly path: string;
@@ -28,6 +30,13 @@ export interface StateMachine {
    * instances without commands (no-ops) are passed with an empty list.
    */
   execute(instance: number, commands: readonly Uint8Array[]): Promise<void>;
+
+  /**
+   * Executes an instance that chose a membership configuration (it has no commands) and records
+   * the configuration with it, so a start from this state, or from a checkpoint of it, knows the
+   * membership although the log that chose it may be gone (PhxPaxos's system variables).
+   */
+  executeConfiguration(instance: number, config: Configuration): Promise<void>;
 
   /** Feed the checkpoint maker, if the state machine keeps a separate checkpoint store. */
   executeForCheckpoint(instance: number, commands: readonly Uint8Array[]): Promise<void>;

@@ -97,6 +97,31 @@ export class Cluster {
     return c;
   }
 
+  /**
+   * A new member `n<k>` with its own ports and data directory, not started: started, it gets every
+   * member (itself included) as --peers, like a learner joining the group.
+   */
+  async addMember(): Promise<string> {
+    const ports: number[] = [];
+    const taken = new Set(this.members.flatMap((m) => [m.peerPort, m.httpPort]));
+    while (ports.length < 2) {
+      const p = await freePort();
+      if (!taken.has(p) && !ports.includes(p)) ports.push(p);
+    }
+    const name = `n${this.members.length + 1}`;
+    this.members.push({
+      name,
+      peerPort: ports[0]!,
+      httpPort: ports[1]!,
+      dataDir: join(this.root, name),
+      logFile: join(this.root, `${name}.log`),
+      terminationLog: join(this.root, `${name}.termination-log`),
+      child: null,
+      exit: null,
+    });
+    return name;
+  }
+
   member(name: string): MemberProcess {
     const m = this.members.find((x) => x.name === name);
     if (m === undefined) throw new Error(`no member ${name}`);
@@ -288,7 +313,8 @@ export async function waitFor<T>(
 
 /**
  * Writers that each put unique keys in a loop, to random members, until stopped or `maxWrites`
- * each. Only writes answered 200 count as acknowledged.
+ * each. Only writes answered 200 count as acknowledged. `targets`, asked before every write,
+ * narrows the running members written to (e.g. to leave out one removed from the group).
  */
 export class Writers {
   readonly acknowledged = new Map<string, string>();
@@ -296,10 +322,13 @@ export class Writers {
   private running = true;
   private readonly loops: Promise<void>[];
 
-  constructor(cluster: Cluster, count: number, maxWrites = 5000) {
+  constructor(cluster: Cluster, count: number, maxWrites = 5000, targets?: () => readonly string[]) {
     this.loops = Array.from({ length: count }, async (_, w) => {
       for (let i = 0; i < maxWrites && this.running; i++) {
-        const alive = cluster.members.filter((m) => m.child !== null);
+        const allowed = targets?.();
+        const alive = cluster.members.filter(
+          (m) => m.child !== null && (allowed === undefined || allowed.includes(m.name)),
+        );
         const target = alive[Math.floor(Math.random() * alive.length)];
         if (target === undefined) {
           await new Promise((r) => setTimeout(r, 50));
