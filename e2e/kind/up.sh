@@ -44,9 +44,12 @@ mkdir -p "$(dirname "$kubeconfig")"
 kind get kubeconfig --name "$cluster" >"$kubeconfig"
 echo "== kubeconfig: $kubeconfig"
 
-for image in paxos-node paxos-operator e2e-testserver; do
+# The product images from their own Dockerfiles; the test server from the e2e one.
+for spec in "paxos-node=$repo/node/Dockerfile" "paxos-operator=$repo/operator/Dockerfile" \
+  "e2e-testserver=$here/Dockerfile"; do
+  image="${spec%%=*}"
   echo "== building $image:$tag"
-  docker build -f "$here/Dockerfile" --target "$image" -t "$image:$tag" "$repo"
+  docker build -f "${spec#*=}" -t "$image:$tag" "$repo"
   kind load docker-image --name "$cluster" "$image:$tag"
 done
 
@@ -55,7 +58,8 @@ if [[ -f "$chart/Chart.yaml" ]]; then
   echo "== helm install paxos-operator"
   "$helm" upgrade --install paxos-operator "$chart" --kubeconfig "$kubeconfig" \
     --namespace paxos-system --create-namespace \
-    --set image.repository=paxos-operator --set image.tag="$tag" --set image.pullPolicy=Never --wait
+    --set image.repository=paxos-operator --set image.tag="$tag" --set image.pullPolicy=Never \
+    --set nodeImage.repository=paxos-node --set nodeImage.tag="$tag" --wait
 else
   echo "== no chart at $chart yet: the operator is not installed"
 fi

@@ -45,7 +45,9 @@ export const PEER_PORT = 7070;
 export const HTTP_PORT = 8080;
 export const CONTAINER_NAME = "paxos-node";
 export const DATA_DIR = "/data";
-export const TOKEN_DIR = "/etc/paxos";
+// Under /var/run/secrets, where Kubernetes mounts the service-account token too: a place the
+// local pod runner can mount without touching the host's /etc.
+export const TOKEN_DIR = "/var/run/secrets/paxos";
 export const TOKEN_KEY = "token";
 export const TERMINATION_LOG = "/dev/termination-log";
 /** The node's user and group in the image (node/Dockerfile); fsGroup makes the PVC writable for it. */

@@ -154,7 +154,7 @@ describe("desiredStatefulSet: shape", () => {
       PAXOS_DATA_DIR: "/data",
       PAXOS_PEER_PORT: "7070",
       PAXOS_HTTP_PORT: "8080",
-      PAXOS_TOKEN_FILE: "/etc/paxos/token",
+      PAXOS_TOKEN_FILE: "/var/run/secrets/paxos/token",
       PAXOS_HOLD_COUNT: "300",
       PAXOS_TERMINATION_LOG: "/dev/termination-log",
     });
@@ -181,7 +181,7 @@ describe("desiredStatefulSet: shape", () => {
     ]);
     assert.deepEqual(spec.containers[0]!.volumeMounts, [
       { name: "data", mountPath: "/data" },
-      { name: "token", mountPath: "/etc/paxos", readOnly: true },
+      { name: "token", mountPath: "/var/run/secrets/paxos", readOnly: true },
       { name: "tmp", mountPath: "/tmp" },
     ]);
   });
