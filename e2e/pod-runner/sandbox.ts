@@ -7,7 +7,7 @@
 // There is no network namespace: every pod shares the host's network stack and gets its own
 // address (10.244.N.x, a block the runner routes to lo), so a workload has to listen on its pod
 // IP, not on 0.0.0.0.
-import { lstatSync, readdirSync, readlinkSync } from "node:fs";
+import { lstatSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 
@@ -104,17 +104,6 @@ export async function prepareSandbox(spec: SandboxSpec, dir: string, argv: strin
     'mount -t tmpfs -o mode=755 tmpfs "$R/run"',
     `mount --bind ${shq(spec.tmpDir)} "$R/tmp"`,
   );
-  // A checkout under /tmp or /run (CI clones often live there) is hidden by those private mounts:
-  // bind it back at its own path.
-  for (const p of spec.hostPaths) {
-    const abs = path.resolve(p);
-    if (!PRIVATE_TOPS.has(abs.split(path.sep)[1] ?? "")) continue;
-    const target = `"$R"${shq(abs)}`;
-    out.push(
-      `if [ -d ${shq(abs)} ]; then mkdir -p ${target}; else mkdir -p "$(dirname ${target})"; touch ${target}; fi`,
-      `mount --rbind ${shq(abs)} ${target}`,
-    );
-  }
   if (dirs.includes("etc")) out.push(`mount --bind ${shq(spec.hostsFile)} "$R/etc/hosts"`);
 
   // Sources are staged under /.pod first; the inner script, already inside the new root, binds
@@ -157,7 +146,19 @@ export async function prepareSandbox(spec: SandboxSpec, dir: string, argv: strin
     stage(i, m.source, m.isFile);
     bindInside(i, m.target, m.isFile, m.readOnly);
   });
-  const term = mounts.length;
+  // A checkout (or node) under /tmp or /run — CI clones often live there — is hidden by those
+  // private folders and by any volume the pod mounts over them (an emptyDir at /tmp): bind it
+  // back at its own path after every volume.
+  const hidden = spec.hostPaths
+    .map((p) => path.resolve(p))
+    .filter((abs) => PRIVATE_TOPS.has(abs.split(path.sep)[1] ?? ""));
+  hidden.forEach((abs, k) => {
+    const i = mounts.length + k;
+    const isFile = !statSync(abs).isDirectory();
+    stage(i, abs, isFile);
+    bindInside(i, abs, isFile, false);
+  });
+  const term = mounts.length + hidden.length;
   stage(term, spec.terminationFile, true);
   bindInside(term, spec.terminationMessagePath, true, false);
   inner.push(`cd ${shq(spec.workingDir)}`, 'exec "$@"');
