@@ -6,66 +6,28 @@
 // their informers stop silently on errors, and both matter here.
 import https from "node:https";
 import { KubeConfig } from "@kubernetes/client-node";
+import {
+  isNotFound,
+  ApiError as KubeError,
+  type KubeList,
+  type KubeObject,
+  PATCH_CONTENT_TYPES,
+  type PatchType,
+  type WatchEvent,
+} from "../../operator/src/controller/rest.js";
 
-/** The parts of an object's metadata the harness reads; the rest passes through untouched. */
-export interface ObjectMeta {
-  name?: string;
-  generateName?: string;
-  namespace?: string;
-  uid?: string;
-  resourceVersion?: string;
-  generation?: number;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-  ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }[];
-  deletionTimestamp?: string;
-  deletionGracePeriodSeconds?: number;
-  creationTimestamp?: string;
-  finalizers?: string[];
-}
-
-export interface KubeObject {
-  apiVersion?: string;
-  kind?: string;
-  metadata: ObjectMeta;
-  // biome-ignore lint/suspicious/noExplicitAny: objects of any kind pass through this client
-  [field: string]: any;
-}
-
-export interface KubeList<T extends KubeObject = KubeObject> {
-  metadata: { resourceVersion?: string; continue?: string };
-  items: T[];
-}
-
-export interface WatchEvent<T extends KubeObject = KubeObject> {
-  type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR";
-  object: T;
-}
-
-/** An error answer of the API server, with its Status reason (NotFound, Conflict, AlreadyExists, ...). */
-export class KubeError extends Error {
-  constructor(
-    readonly statusCode: number,
-    readonly reason: string,
-    message: string,
-    readonly method: string,
-    readonly path: string,
-  ) {
-    super(`${method} ${path}: ${statusCode} ${reason}: ${message}`);
-    this.name = "KubeError";
-  }
-}
-
-export const isNotFound = (e: unknown): boolean => e instanceof KubeError && e.statusCode === 404;
-export const isConflict = (e: unknown): boolean => e instanceof KubeError && e.statusCode === 409;
-
-export type PatchType = "merge" | "strategic" | "json" | "apply";
-const PATCH_CONTENT_TYPES: Record<PatchType, string> = {
-  merge: "application/merge-patch+json",
-  strategic: "application/strategic-merge-patch+json",
-  json: "application/json-patch+json",
-  apply: "application/apply-patch+yaml",
-};
+// The object shapes, errors and patch types are the operator's own client's (one definition).
+export {
+  ApiError as KubeError,
+  isConflict,
+  isNotFound,
+  type KubeList,
+  type KubeObject,
+  type ObjectMeta,
+  PATCH_CONTENT_TYPES,
+  type PatchType,
+  type WatchEvent,
+} from "../../operator/src/controller/rest.js";
 
 export interface RequestOptions {
   body?: unknown;

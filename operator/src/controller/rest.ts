@@ -6,16 +6,21 @@ import http from "node:http";
 import https from "node:https";
 import type { KubeConfig } from "@kubernetes/client-node";
 
+/** The parts of an object's metadata its readers use; the rest passes through untouched. */
 export interface ObjectMeta {
   name?: string;
+  generateName?: string;
   namespace?: string;
   uid?: string;
   resourceVersion?: string;
   generation?: number;
   labels?: Record<string, string>;
   annotations?: Record<string, string>;
+  ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }[];
   deletionTimestamp?: string;
+  deletionGracePeriodSeconds?: number;
   creationTimestamp?: string;
+  finalizers?: string[];
 }
 
 export interface KubeObject {
@@ -55,7 +60,7 @@ export const isConflict = (e: unknown): boolean => e instanceof ApiError && e.st
 export const isGone = (e: unknown): boolean => e instanceof ApiError && e.statusCode === 410;
 
 export type PatchType = "merge" | "strategic" | "json" | "apply";
-const PATCH_CONTENT_TYPES: Record<PatchType, string> = {
+export const PATCH_CONTENT_TYPES: Record<PatchType, string> = {
   merge: "application/merge-patch+json",
   strategic: "application/strategic-merge-patch+json",
   json: "application/json-patch+json",
