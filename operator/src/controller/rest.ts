@@ -21,6 +21,7 @@ export interface ObjectMeta {
   deletionGracePeriodSeconds?: number;
   creationTimestamp?: string;
   finalizers?: string[];
+  managedFields?: { manager?: string; operation?: string; subresource?: string; time?: string }[];
 }
 
 export interface KubeObject {
