@@ -11,6 +11,7 @@ import { LeaderElector } from "./controller/leader-election.js";
 import { Manager } from "./controller/manager.js";
 import { type KubeObject, KubeRest } from "./controller/rest.js";
 import { WorkQueue } from "./controller/work-queue.js";
+import { STEP_KINDS, type Step, type StepKind } from "./reconcile/plan.js";
 import { PaxosGroupReconciler } from "./reconcile/reconciler.js";
 
 interface Config {
@@ -20,6 +21,8 @@ interface Config {
   leaderElect: boolean;
   identity: string;
   metricsPort: number;
+  /** Test-only: the plan step after which the process kills itself (PAXOS_OPERATOR_TEST_CRASH_AFTER). */
+  crashAfter: StepKind | undefined;
 }
 
 function readConfig(env: NodeJS.ProcessEnv): Config {
@@ -31,6 +34,12 @@ function readConfig(env: NodeJS.ProcessEnv): Config {
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new Error(`METRICS_PORT must be a port number, got "${env.METRICS_PORT}"`);
   }
+  const crashAfter = env.PAXOS_OPERATOR_TEST_CRASH_AFTER || undefined;
+  if (crashAfter !== undefined && !STEP_KINDS.includes(crashAfter as StepKind)) {
+    throw new Error(
+      `PAXOS_OPERATOR_TEST_CRASH_AFTER must be one of ${STEP_KINDS.join(", ")}, got "${crashAfter}"`,
+    );
+  }
   const namespace = env.POD_NAMESPACE;
   if (!namespace) throw new Error("POD_NAMESPACE is required (the namespace of the leader election Lease)");
   return {
@@ -40,6 +49,7 @@ function readConfig(env: NodeJS.ProcessEnv): Config {
     leaderElect: leaderElect === "true",
     identity: env.POD_NAME || `${os.hostname()}-${process.pid}`,
     metricsPort: port,
+    crashAfter: crashAfter as StepKind | undefined,
   };
 }
 
@@ -87,7 +97,21 @@ async function main(): Promise<void> {
     },
   });
 
-  const reconciler = new PaxosGroupReconciler({ rest, defaultImage: config.image, logger: log });
+  const reconciler = new PaxosGroupReconciler({
+    rest,
+    defaultImage: config.image,
+    logger: log,
+    ...(config.crashAfter
+      ? {
+          // Lets tests stop the operator between two steps the way a crash would: no cleanup at all.
+          afterStep: (step: Step) => {
+            if (step.kind !== config.crashAfter) return;
+            log.fatal({ step }, "PAXOS_OPERATOR_TEST_CRASH_AFTER: killing the operator after this step");
+            process.kill(process.pid, "SIGKILL");
+          },
+        }
+      : {}),
+  });
   const reconcile = async (key: string) => {
     const end = latency.startTimer();
     try {

@@ -122,6 +122,8 @@ export class LogCleaner {
   private stateWrites: Promise<unknown> = Promise.resolve();
   private pending: PendingCompaction | undefined;
   private forcing = false;
+  /** When the latest forced episode began (clock ms), so the operator can report it after it ended. */
+  private lastForced: number | null = null;
   private lastSizeCheck = Number.NEGATIVE_INFINITY;
 
   private constructor(
@@ -209,6 +211,11 @@ export class LogCleaner {
   /** Whether the log is over maxLogBytes and being cleaned although the cleaner is paused. */
   get forcedCleaning(): boolean {
     return this.forcing;
+  }
+
+  /** RFC 3339 start of the latest maxLogBytes episode since this process started; null when none. */
+  get lastForcedAt(): string | null {
+    return this.lastForced === null ? null : new Date(this.lastForced).toISOString();
   }
 
   /** PhxPaxos PausePaxosLogCleaner. */
@@ -376,6 +383,7 @@ export class LogCleaner {
         },
         "the PaxosLog is larger than maxLogBytes: cleaning although the cleaner is paused",
       );
+      this.lastForced = now;
       this.events.forced?.();
     } else if (!over && this.forcing) {
       this.logger.info(

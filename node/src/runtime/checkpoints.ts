@@ -164,8 +164,9 @@ export class CheckpointDriver {
     return this.cleaner.minKept();
   }
 
-  cleanerSettings(): CleanerSettings {
-    return this.cleaner.settings();
+  /** The cleaner's settings plus when --max-log-size last forced it to clean while paused. */
+  cleanerStatus(): CleanerSettings & { lastForcedAt: string | null } {
+    return { ...this.cleaner.settings(), lastForcedAt: this.cleaner.lastForcedAt };
   }
 
   adminRoutes(): AdminRoutes {

@@ -609,7 +609,7 @@ export class NodeRuntime implements KvService {
         minKept: this.checkpoints.minKept(),
         replayedOnStart: this.replayedOnStart,
       },
-      cleaner: this.checkpoints.cleanerSettings(),
+      cleaner: this.checkpoints.cleanerStatus(),
       transfer: this.checkpoints.transferStatus(),
     };
   }

@@ -43,6 +43,8 @@ export interface NodeStatus {
     readonly state: "running" | "paused";
     readonly until: string | null;
     readonly holdCount: number;
+    /** Start of the latest episode in which --max-log-size made the paused cleaner clean; null: none. */
+    readonly lastForcedAt: string | null;
   };
   readonly transfer: unknown;
 }

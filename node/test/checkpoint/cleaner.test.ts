@@ -518,8 +518,11 @@ describe("LogCleaner maxLogBytes safety valve", () => {
       lines,
     );
     await cleaner.pause();
+    assert.equal(cleaner.lastForcedAt, null);
+    const episodeStart = new Date(clock.ms).toISOString();
     assert.equal(await drain(cleaner), 250);
     assert.equal(cleaner.forcedCleaning, true);
+    assert.equal(cleaner.lastForcedAt, episodeStart);
     assert.equal(forced, 1);
     const warnings = lines.filter((l) => l.level === 40 && /maxLogBytes/.test(l.msg));
     assert.equal(warnings.length, 1);
@@ -529,6 +532,7 @@ describe("LogCleaner maxLogBytes safety valve", () => {
     clock.ms += 10_000;
     assert.equal(await cleaner.runOnce(), 0);
     assert.equal(cleaner.forcedCleaning, false);
+    assert.equal(cleaner.lastForcedAt, episodeStart, "the episode stays reported after it ended");
     assert.ok(lines.some((l) => /back under maxLogBytes/.test(l.msg)));
     await cleaner.close();
     await log.close();

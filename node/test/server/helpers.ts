@@ -15,7 +15,7 @@ export const STATUS: NodeStatus = {
     { name: "kv-2", address: "kv-2.kv-peers:7070", role: "learner", lag: null },
   ],
   instances: { chosen: 42, executed: 41, checkpoint: 30, minKept: 0, replayedOnStart: 11 },
-  cleaner: { state: "paused", until: null, holdCount: 100000 },
+  cleaner: { state: "paused", until: null, holdCount: 100000, lastForcedAt: null },
   transfer: null,
 };
 

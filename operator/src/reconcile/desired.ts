@@ -3,6 +3,7 @@
 // with server-side apply. No I/O, no clock, no randomness: the same input gives the same object with
 // the same key order, so re-applying a settled group under one field manager changes nothing.
 
+import { createHash } from "node:crypto";
 import type {
   V1Affinity,
   V1EnvVar,
@@ -177,7 +178,19 @@ export interface StatefulSetOptions {
   defaultImage: string;
   /** Kubernetes cluster DNS domain; `cluster.local` unless the cluster says otherwise. */
   clusterDomain?: string;
+  /**
+   * The StatefulSet's size when it differs from spec.replicas: while the membership changes, the
+   * operator grows and shrinks it one member at a time.
+   */
+  replicas?: number;
 }
+
+/**
+ * Pod template annotation: a hash of everything in the template that needs a running member
+ * restarted to take effect. PAXOS_PEERS is left out: it changes with every scale step but matters
+ * only to a member without state, so scaling never restarts the members that stay.
+ */
+export const SPEC_HASH_ANNOTATION = "paxos.dev/spec-hash";
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
@@ -263,12 +276,12 @@ export function desiredStatefulSet(g: PaxosGroupLike, opts: StatefulSetOptions):
   // The user's podTemplate.affinity replaces ours per kind (a hard anti-affinity, say), keeps the rest.
   const affinity: V1Affinity = { ...antiAffinity, ...pt.affinity };
 
-  return canonical({
+  return withSpecHash({
     apiVersion: "apps/v1",
     kind: "StatefulSet",
     metadata: objectMeta(g, statefulSetName(g)),
     spec: {
-      replicas: spec.replicas,
+      replicas: opts.replicas ?? spec.replicas,
       serviceName: peerServiceName(g),
       selector: { matchLabels: selector },
       // OrderedReady would deadlock: pod 0 is not ready until a master exists, which needs a quorum.
@@ -375,6 +388,31 @@ export function desiredStatefulSet(g: PaxosGroupLike, opts: StatefulSetOptions):
       ],
     },
   });
+}
+
+/** The StatefulSet, canonical, with the spec hash of its pod template set. */
+function withSpecHash(sts: V1StatefulSet): V1StatefulSet {
+  const template = sts.spec?.template;
+  if (!template?.spec) throw new Error("withSpecHash: the StatefulSet has no pod template");
+  const restartRelevant = {
+    ...template,
+    spec: {
+      ...template.spec,
+      containers: template.spec.containers.map((c) => ({
+        ...c,
+        env: c.env?.filter((e) => e.name !== "PAXOS_PEERS"),
+      })),
+    },
+  };
+  const hash = createHash("sha256")
+    .update(JSON.stringify(canonical(restartRelevant)))
+    .digest("hex")
+    .slice(0, 16);
+  template.metadata = {
+    ...template.metadata,
+    annotations: { ...template.metadata?.annotations, [SPEC_HASH_ANNOTATION]: hash },
+  };
+  return canonical(sts);
 }
 
 const BINARY_SUFFIX: Record<string, number> = { Ki: 1, Mi: 2, Gi: 3, Ti: 4, Pi: 5, Ei: 6 };

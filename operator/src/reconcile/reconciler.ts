@@ -25,11 +25,16 @@ import {
   desiredStatefulSet,
   HTTP_PORT,
   type PaxosGroupLike,
+  peerAddress,
+  SPEC_HASH_ANNOTATION,
   selectorLabels,
+  statefulSetName,
   TOKEN_KEY,
   tokenSecretName,
 } from "./desired.js";
+import { type PodView, planNextStep, type Step } from "./plan.js";
 import {
+  agreedMaster,
   type CleanerCommand,
   cleanerNeedsUpdate,
   computeStatus,
@@ -49,6 +54,20 @@ export const EXIT_CHECKPOINT_LOADED = 75;
 export interface MemberApi {
   status(podIP: string): Promise<NodeStatusView>;
   setCleaner(podIP: string, token: string, command: CleanerCommand): Promise<void>;
+  /** A membership admin call on the master (DESIGN.md admin API); rejects with MemberApiError. */
+  admin(podIP: string, token: string, method: "POST" | "DELETE", path: string, body?: unknown): Promise<void>;
+}
+
+/** A member answered an HTTP error: `code` is the `error` of its JSON body when it has one. */
+export class MemberApiError extends Error {
+  override readonly name = "MemberApiError";
+  constructor(
+    readonly status: number,
+    readonly code: string | undefined,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 export interface ReconcilerOptions {
@@ -61,14 +80,34 @@ export interface ReconcilerOptions {
   unsettledResyncMs?: number;
   /** ... and while it is (default 5 min): member status changes do not show up as pod events. */
   settledResyncMs?: number;
+  /** Called after each plan step succeeded: the test-only crash hook of main.ts. */
+  afterStep?: (step: Step) => void;
 }
 
-const MEMBER_TIMEOUT_MS = 3000;
+/** The next step follows soon after one succeeded... */
+const STEP_REQUEUE_MS = 1000;
+/** ... and a waiting change is looked at again often (a learner catching up, a pod starting). */
+const WAIT_REQUEUE_MS = 3000;
 
-async function memberRequest(url: string, init: RequestInit): Promise<string> {
-  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(MEMBER_TIMEOUT_MS) });
+const MEMBER_TIMEOUT_MS = 3000;
+const ADMIN_TIMEOUT_MS = 30_000;
+
+async function memberRequest(url: string, init: RequestInit, timeoutMs = MEMBER_TIMEOUT_MS): Promise<string> {
+  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
   const text = await res.text();
-  if (!res.ok) throw new Error(`${init.method ?? "GET"} ${url}: ${res.status} ${text.slice(0, 300)}`);
+  if (!res.ok) {
+    let code: string | undefined;
+    try {
+      code = (JSON.parse(text) as { error?: string }).error;
+    } catch {
+      code = undefined;
+    }
+    throw new MemberApiError(
+      res.status,
+      code,
+      `${init.method ?? "GET"} ${url}: ${res.status} ${text.slice(0, 300)}`,
+    );
+  }
   return text;
 }
 
@@ -84,6 +123,21 @@ export const httpMemberApi: MemberApi = {
       body: JSON.stringify(command),
     });
   },
+  async admin(podIP, token, method, path, body) {
+    // A change is answered once it is in force, which takes a few rounds of the log.
+    await memberRequest(
+      `http://${podIP}:${HTTP_PORT}${path}`,
+      {
+        method,
+        headers: {
+          authorization: `Bearer ${token}`,
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+        },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      },
+      ADMIN_TIMEOUT_MS,
+    );
+  },
 };
 
 interface ContainerState {
@@ -95,7 +149,7 @@ interface ContainerState {
 interface Pod extends KubeObject {
   status?: {
     podIP?: string;
-    conditions?: { type: string; status: string }[];
+    conditions?: { type: string; status: string; lastTransitionTime?: string }[];
     containerStatuses?: {
       name: string;
       restartCount?: number;
@@ -121,9 +175,23 @@ export function loadedCheckpoint(pod: Pod): boolean {
   return c.lastState?.terminated?.exitCode === EXIT_CHECKPOINT_LOADED && c.state?.waiting !== undefined;
 }
 
-function ordinalOf(name: string): number {
+function podOrdinal(name: string): number {
   const m = /-(\d+)$/.exec(name);
   return m ? Number(m[1]) : Number.POSITIVE_INFINITY;
+}
+
+/** What the plan needs to know of a pod. */
+function podView(pod: Pod): PodView {
+  const ready = pod.status?.conditions?.find((c) => c.type === "Ready");
+  const since = ready?.lastTransitionTime ?? pod.metadata.creationTimestamp;
+  return {
+    name: pod.metadata.name ?? "",
+    uid: pod.metadata.uid ?? "",
+    ready: isReady(pod),
+    deleting: Boolean(pod.metadata.deletionTimestamp),
+    specHash: pod.metadata.annotations?.[SPEC_HASH_ANNOTATION],
+    readySince: since ? new Date(since) : undefined,
+  };
 }
 
 export class PaxosGroupReconciler {
@@ -165,29 +233,15 @@ export class PaxosGroupReconciler {
     const g = withDefaults(group);
     const ns = encodeURIComponent(g.metadata.namespace);
     const token = await this.ensureToken(g);
-
-    await this.apply(
-      `/api/v1/namespaces/${ns}/services/${desiredHeadlessService(g).metadata?.name}`,
-      desiredHeadlessService(g),
-    );
-    await this.apply(
-      `/api/v1/namespaces/${ns}/services/${desiredClientService(g).metadata?.name}`,
-      desiredClientService(g),
-    );
-    const sts = desiredStatefulSet(g, { defaultImage: this.opts.defaultImage });
-    const appliedSts = await this.apply(
-      `/apis/apps/v1/namespaces/${ns}/statefulsets/${sts.metadata?.name}`,
-      sts,
-    );
-    const pdb = desiredPdb(g);
-    await this.apply(`/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/${pdb.metadata?.name}`, pdb);
-
+    const stsPath = `/apis/apps/v1/namespaces/${ns}/statefulsets/${encodeURIComponent(statefulSetName(g))}`;
+    const current = await this.getIfExists(stsPath);
     const selector = Object.entries(selectorLabels(g))
       .map(([k, v]) => `${k}=${v}`)
       .join(",");
-    const pods = (
-      await this.rest.get<KubeList<Pod>>(`/api/v1/namespaces/${ns}/pods`, { labelSelector: selector })
-    ).items;
+    const [pods, pvcs] = await Promise.all([
+      this.rest.get<KubeList<Pod>>(`/api/v1/namespaces/${ns}/pods`, { labelSelector: selector }),
+      this.rest.get<KubeList>(`/api/v1/namespaces/${ns}/persistentvolumeclaims`, { labelSelector: selector }),
+    ]).then(([p, c]) => [p.items, c.items] as const);
 
     let checkpointLoads = group.status?.checkpointLoads ?? 0;
     for (const pod of pods.filter(loadedCheckpoint)) {
@@ -197,36 +251,76 @@ export class PaxosGroupReconciler {
     const now = this.now();
     const window = cleanerWindowState(group.spec?.logCleaner?.windows, now);
     const problems = window.errors.map((e) => `cleaner window: ${e}`);
-    const want = desiredCleaner(window);
 
-    const observed: ObservedMember[] = [];
     const live = pods
       .filter((p) => !p.metadata.deletionTimestamp && !loadedCheckpoint(p))
-      .sort((a, b) => ordinalOf(a.metadata.name ?? "") - ordinalOf(b.metadata.name ?? ""));
-    for (const pod of live) {
-      const name = pod.metadata.name ?? "";
-      const ready = isReady(pod);
-      const ip = pod.status?.podIP;
-      if (!ready || !ip) {
-        observed.push({ name, ready });
-        continue;
+      .sort((a, b) => podOrdinal(a.metadata.name ?? "") - podOrdinal(b.metadata.name ?? ""));
+    const observed = await Promise.all(live.map((pod) => this.observe(pod)));
+    const master = agreedMaster(observed);
+    const masterNode = observed.find((m) => m.name === master)?.node;
+    const masterIP = live.find((p) => p.metadata.name === master)?.status?.podIP;
+    const configuration =
+      masterNode?.role === "master" && masterNode.members && masterIP
+        ? masterNode.members.map(({ name, role, lag }) => ({ name, role, lag }))
+        : undefined;
+
+    const specHash = desiredStatefulSet(g, { defaultImage: this.opts.defaultImage }).spec?.template.metadata
+      ?.annotations?.[SPEC_HASH_ANNOTATION];
+    if (!specHash) throw new Error("the desired StatefulSet has no spec hash");
+    const plan = planNextStep({
+      group: g.metadata.name,
+      replicas: g.spec.replicas,
+      statefulSetReplicas: current?.spec?.replicas,
+      configuration,
+      master,
+      pods: pods.map(podView),
+      pvcs: pvcs.map((c) => ({
+        name: c.metadata.name ?? "",
+        deleting: Boolean(c.metadata.deletionTimestamp),
+      })),
+      specHash,
+      now,
+    });
+    if (plan.stalled) problems.push(plan.stalled);
+
+    await this.apply(
+      `/api/v1/namespaces/${ns}/services/${desiredHeadlessService(g).metadata?.name}`,
+      desiredHeadlessService(g),
+    );
+    await this.apply(
+      `/api/v1/namespaces/${ns}/services/${desiredClientService(g).metadata?.name}`,
+      desiredClientService(g),
+    );
+    const appliedSts = await this.apply(
+      stsPath,
+      desiredStatefulSet(g, { defaultImage: this.opts.defaultImage, replicas: plan.statefulSetReplicas }),
+    );
+    const pdb = desiredPdb(g);
+    await this.apply(`/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/${pdb.metadata?.name}`, pdb);
+
+    let stepDone = false;
+    if (plan.step) {
+      const failure = await this.runStep(group, g, plan.step, token, masterIP);
+      if (failure === undefined) {
+        stepDone = true;
+        this.opts.afterStep?.(plan.step);
+      } else if (failure.degraded) {
+        problems.push(failure.message);
       }
-      let node: NodeStatusView;
-      try {
-        node = await this.members.status(ip);
-      } catch (e) {
-        this.log.warn({ pod: name, err: errorText(e) }, "member status unavailable");
-        observed.push({ name, ready });
-        continue;
-      }
-      observed.push({ name, ready, node });
-      if (!cleanerNeedsUpdate(node.cleaner, want)) continue;
+    }
+
+    const want = desiredCleaner(window);
+    for (const m of observed) {
+      const ip = live.find((p) => p.metadata.name === m.name)?.status?.podIP;
+      if (!m.node || !ip) continue;
+      await this.reportForcedCleaning(group, m, live);
+      if (!cleanerNeedsUpdate(m.node.cleaner, want)) continue;
       try {
         await this.members.setCleaner(ip, token, want);
-        this.log.info({ pod: name, ...want }, "member cleaner updated");
-        await this.event(group, "Normal", "CleanerUpdated", `${name}: cleaner ${describeCleaner(want)}`);
+        this.log.info({ pod: m.name, ...want }, "member cleaner updated");
+        await this.event(group, "Normal", "CleanerUpdated", `${m.name}: cleaner ${describeCleaner(want)}`);
       } catch (e) {
-        problems.push(`cleaner update of ${name} failed: ${errorText(e)}`);
+        problems.push(`cleaner update of ${m.name} failed: ${errorText(e)}`);
       }
     }
 
@@ -238,6 +332,8 @@ export class PaxosGroupReconciler {
       window,
       problems,
       checkpointLoads,
+      ...(plan.progress ? { progress: plan.progress } : {}),
+      ...(configuration ? { configuration } : {}),
       now,
     });
     next.conditions = keepTransitionTimes(group.status?.conditions, next.conditions ?? []);
@@ -252,14 +348,143 @@ export class PaxosGroupReconciler {
     }
 
     const available = next.conditions.some((c) => c.type === "Available" && c.status === "True");
-    let requeue = available
-      ? (this.opts.settledResyncMs ?? 300_000)
-      : (this.opts.unsettledResyncMs ?? 10_000);
+    let requeue = stepDone
+      ? STEP_REQUEUE_MS
+      : plan.progress
+        ? WAIT_REQUEUE_MS
+        : available
+          ? (this.opts.settledResyncMs ?? 300_000)
+          : (this.opts.unsettledResyncMs ?? 10_000);
     if (window.nextBoundary) {
       // A little past the boundary, so that the evaluation there sees the new state.
       requeue = Math.min(requeue, Math.max(0, window.nextBoundary.getTime() - now.getTime()) + 500);
     }
     return { requeueAfterMs: requeue };
+  }
+
+  private async getIfExists(path: string): Promise<KubeObject | undefined> {
+    try {
+      return await this.rest.get(path);
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  /** A member pod and, when it is ready and answers, its node's own status. */
+  private async observe(pod: Pod): Promise<ObservedMember> {
+    const name = pod.metadata.name ?? "";
+    const ready = isReady(pod);
+    const ip = pod.status?.podIP;
+    if (!ready || !ip) return { name, ready };
+    try {
+      return { name, ready, node: await this.members.status(ip) };
+    } catch (e) {
+      this.log.warn({ pod: name, err: errorText(e) }, "member status unavailable");
+      return { name, ready };
+    }
+  }
+
+  /**
+   * Carries out one step of the plan. Returns undefined when done; otherwise why not, and whether
+   * that is a problem (a refused change the plan did not expect) or only a moment to wait (the
+   * master moved, another change is still pending, the member did not answer in time).
+   */
+  private async runStep(
+    group: PaxosGroup,
+    g: PaxosGroupLike,
+    step: Step,
+    token: string,
+    masterIP: string | undefined,
+  ): Promise<{ message: string; degraded: boolean } | undefined> {
+    const ns = encodeURIComponent(g.metadata.namespace);
+    const admin = async (method: "POST" | "DELETE", path: string, body?: unknown) => {
+      if (!masterIP) throw new MemberApiError(503, "not_master", "the master has no pod IP");
+      await this.members.admin(masterIP, token, method, path, body);
+    };
+    let message: string;
+    try {
+      switch (step.kind) {
+        case "GrowStatefulSet":
+        case "ShrinkStatefulSet":
+          // Done by the apply above.
+          message = `StatefulSet resized to ${step.replicas} (${step.kind === "GrowStatefulSet" ? "adding" : "removing"} ${step.member})`;
+          break;
+        case "DeletePVC":
+          await this.deleteIgnoringGone(
+            `/api/v1/namespaces/${ns}/persistentvolumeclaims/${encodeURIComponent(step.pvc)}`,
+          );
+          message = `deleted ${step.pvc} of removed member ${step.member}, so a later scale-up starts it empty`;
+          break;
+        case "TransferMaster":
+          await admin("POST", "/v1/admin/master/transfer", { to: step.to });
+          message = `master handed over from ${step.from} to ${step.to}`;
+          break;
+        case "RemoveMember":
+          await admin("DELETE", `/v1/admin/members/${encodeURIComponent(step.member)}`);
+          message = `removed ${step.member} from the Paxos membership`;
+          break;
+        case "PromoteMember":
+          await admin("POST", `/v1/admin/members/${encodeURIComponent(step.member)}/promote`);
+          message = `promoted learner ${step.member} to voter`;
+          break;
+        case "AddLearner":
+          await admin("POST", "/v1/admin/members", {
+            name: step.member,
+            address: peerAddress(g, step.member),
+            role: "learner",
+          });
+          message = `added ${step.member} to the Paxos membership as a learner`;
+          break;
+        case "RestartPod":
+          await this.deleteIgnoringGone(
+            `/api/v1/namespaces/${ns}/pods/${encodeURIComponent(step.pod)}`,
+            step.uid,
+          );
+          message = `deleted pod ${step.pod} so that it restarts with the current template`;
+          break;
+      }
+    } catch (e) {
+      const refused = e instanceof MemberApiError && e.status === 400;
+      this.log.warn({ group: g.metadata.name, step, err: errorText(e) }, "step not done; retrying");
+      return { message: `${step.kind} failed: ${errorText(e)}`, degraded: refused };
+    }
+    this.log.info({ group: g.metadata.name, step }, message);
+    await this.event(group, "Normal", step.kind, message);
+    return undefined;
+  }
+
+  /** DELETE that treats an object already gone (or replaced, with a uid precondition) as done. */
+  private async deleteIgnoringGone(path: string, uid?: string): Promise<void> {
+    try {
+      await this.rest.request("DELETE", path, {
+        ...(uid ? { body: { apiVersion: "v1", kind: "DeleteOptions", preconditions: { uid } } } : {}),
+      });
+    } catch (e) {
+      if (!isNotFound(e) && !isConflict(e)) throw e;
+    }
+  }
+
+  /**
+   * A Warning Event per episode in which a member's log passed spec.logCleaner.maxLogSize and its
+   * paused cleaner cleaned outside the windows. The Event's name carries the pod and the episode,
+   * so each is recorded once however often the operator looks.
+   */
+  private async reportForcedCleaning(
+    group: PaxosGroup,
+    m: ObservedMember,
+    pods: readonly Pod[],
+  ): Promise<void> {
+    const at = m.node?.cleaner.lastForcedAt;
+    const uid = pods.find((p) => p.metadata.name === m.name)?.metadata.uid;
+    if (!at || !uid || Number.isNaN(Date.parse(at))) return;
+    await this.event(
+      group,
+      "Warning",
+      "LogOverMaxSize",
+      `${m.name}: its PaxosLog grew past spec.logCleaner.maxLogSize at ${at}; it cleaned the log outside the cleaner windows`,
+      `${group.metadata.name}.log-over-max-size.${uid}.${Date.parse(at)}`,
+    );
   }
 
   /** The peer/admin token: read from its Secret, or generated once when the Secret does not exist. */

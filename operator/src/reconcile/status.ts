@@ -18,14 +18,18 @@ import {
 } from "../api/paxos-group.js";
 import type { CleanerWindowState } from "./cleaner-windows.js";
 import type { PaxosGroupLike } from "./desired.js";
+import type { ConfigMember, MemberRole } from "./plan.js";
 
 /** The part of a node's `GET /v1/status` answer the operator reads. */
 export interface NodeStatusView {
   member: string;
   role: "master" | "follower" | "candidate" | "learner";
   master: string | null;
+  /** The chosen configuration; `lag` is known on the master only. */
+  members?: { name: string; role: MemberRole; lag: number | null }[];
   instances: { chosen: number; checkpoint: number; minKept: number };
-  cleaner: { state: "running" | "paused"; until: string | null };
+  /** `lastForcedAt`: start of the latest episode in which maxLogSize made the paused cleaner clean. */
+  cleaner: { state: "running" | "paused"; until: string | null; lastForcedAt?: string | null };
 }
 
 /** One member pod as observed in this reconcile. */
@@ -46,6 +50,10 @@ export interface StatusInput {
   /** Problems worth a Degraded condition (invalid windows, failed cleaner updates, ...). */
   problems: readonly string[];
   checkpointLoads: number;
+  /** The membership change or rolling update under way, from the plan. */
+  progress?: { reason: string; message: string };
+  /** The chosen configuration, when a master answered: gives each member's role. */
+  configuration?: readonly ConfigMember[];
   now: Date;
 }
 
@@ -150,16 +158,25 @@ export function computeStatus(input: StatusInput): PaxosGroupStatus {
     );
   }
   conditions.push(
-    ready < replicas
+    input.progress
       ? condition(
           CONDITION_PROGRESSING,
           "True",
-          "MembersStarting",
-          `${replicas - ready} of ${replicas} members not ready yet`,
+          input.progress.reason,
+          input.progress.message,
           generation,
           now,
         )
-      : condition(CONDITION_PROGRESSING, "False", "Settled", "all members ready", generation, now),
+      : ready < replicas
+        ? condition(
+            CONDITION_PROGRESSING,
+            "True",
+            "MembersStarting",
+            `${replicas - ready} of ${replicas} members not ready yet`,
+            generation,
+            now,
+          )
+        : condition(CONDITION_PROGRESSING, "False", "Settled", "all members ready", generation, now),
   );
   conditions.push(
     problems.length > 0
@@ -200,7 +217,7 @@ export function computeStatus(input: StatusInput): PaxosGroupStatus {
 
   const memberStatuses: MemberStatus[] = members.map((m) => ({
     name: m.name,
-    ...(m.node ? { role: m.node.role === "learner" ? "learner" : "voter" } : {}),
+    ...roleOf(m, input.configuration),
     ready: m.ready,
     ...(m.node
       ? {
@@ -226,6 +243,17 @@ export function computeStatus(input: StatusInput): PaxosGroupStatus {
     cleaner,
     checkpointLoads: input.checkpointLoads,
   };
+}
+
+/** A member's role: from the chosen configuration when known, else from the node's own status. */
+function roleOf(
+  m: ObservedMember,
+  configuration: readonly ConfigMember[] | undefined,
+): { role?: MemberRole } {
+  const chosen = configuration?.find((c) => c.name === m.name);
+  if (chosen) return { role: chosen.role };
+  if (configuration) return {};
+  return m.node ? { role: m.node.role === "learner" ? "learner" : "voter" } : {};
 }
 
 /** Keeps the previous lastTransitionTime of each condition whose status is unchanged. */

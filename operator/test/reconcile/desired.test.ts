@@ -10,6 +10,7 @@ import {
   type PaxosGroupLike,
   peersValue,
   quantityToBytes,
+  SPEC_HASH_ANNOTATION,
 } from "../../src/reconcile/desired.js";
 
 function group(over: Partial<PaxosGroupLike["spec"]> = {}, name = "kv"): PaxosGroupLike {
@@ -331,7 +332,9 @@ describe("podTemplate and resources", () => {
   });
 
   it("applies annotations, nodeSelector, tolerations, priorityClassName, resources", () => {
-    assert.deepEqual(tmpl.metadata?.annotations, { "example.com/scrape": "true" });
+    const { [SPEC_HASH_ANNOTATION]: hash, ...annotations } = tmpl.metadata?.annotations ?? {};
+    assert.deepEqual(annotations, { "example.com/scrape": "true" });
+    assert.match(hash ?? "", /^[0-9a-f]{16}$/);
     assert.deepEqual(tmpl.spec?.nodeSelector, { "disk/type": "ssd" });
     assert.deepEqual(tmpl.spec?.tolerations, [
       { effect: "NoSchedule", key: "dedicated", operator: "Equal", value: "paxos" },
@@ -345,7 +348,7 @@ describe("podTemplate and resources", () => {
 
   it("leaves unset fields out", () => {
     const plain = sts(group()).spec!.template;
-    assert.equal(plain.metadata?.annotations, undefined);
+    assert.deepEqual(Object.keys(plain.metadata?.annotations ?? {}), [SPEC_HASH_ANNOTATION]);
     for (const k of ["nodeSelector", "tolerations", "priorityClassName"] as const) {
       assert.equal(k in (plain.spec ?? {}), false, k);
     }
@@ -369,6 +372,37 @@ describe("podTemplate and resources", () => {
     };
     const withHard = podSpec(group({ podTemplate: { affinity: { podAntiAffinity: hard } } })).affinity;
     assert.deepEqual(withHard, { podAntiAffinity: hard });
+  });
+});
+
+describe("spec hash: what restarts a member", () => {
+  const hashOf = (g: PaxosGroupLike, opts: { peers?: string[]; replicas?: number } = {}) =>
+    desiredStatefulSet(g, { defaultImage: DEFAULT_IMAGE, ...opts }).spec!.template.metadata!.annotations![
+      SPEC_HASH_ANNOTATION
+    ];
+
+  it("scaling (replicas, PAXOS_PEERS, the StatefulSet size) keeps it", () => {
+    const base = hashOf(group());
+    assert.equal(hashOf(group({ replicas: 5 })), base);
+    assert.equal(hashOf(group(), { peers: ["kv-7"] }), base);
+    assert.equal(hashOf(group(), { replicas: 4 }), base);
+  });
+
+  it("the image, resources, hold count and pod template change it", () => {
+    const base = hashOf(group());
+    for (const changed of [
+      group({ image: "paxos-node:0.2.0" }),
+      group({ resources: { limits: { memory: "1Gi" } } }),
+      group({ logCleaner: { holdCount: 500 } }),
+      group({ podTemplate: { annotations: { a: "b" } } }),
+    ]) {
+      assert.notEqual(hashOf(changed), base, JSON.stringify(changed.spec));
+    }
+  });
+
+  it("the StatefulSet size follows the option, else spec.replicas", () => {
+    assert.equal(sts(group()).spec?.replicas, 3);
+    assert.equal(desiredStatefulSet(group(), { defaultImage: DEFAULT_IMAGE, replicas: 4 }).spec?.replicas, 4);
   });
 });
 
