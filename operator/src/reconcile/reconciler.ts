@@ -1,8 +1,10 @@
 // One PaxosGroup's reconcile, level-triggered and idempotent: read the group, make sure the token
-// Secret exists, server-side apply the desired objects, replace members that loaded a checkpoint
-// (exit code 75), put every ready member's cleaner in the state the windows ask for, and write the
+// Secret exists, replace members that loaded a checkpoint (exit code 75), ask every ready member
+// for its status, let the plan (plan.ts) pick the next membership or rolling-update step from what
+// the cluster shows, server-side apply the desired objects with the StatefulSet at the plan's size,
+// take that one step, put every member's cleaner in the state the windows ask for, and write the
 // status only when it changed. Every step reads the current state, so running it twice in a row
-// changes nothing the second time.
+// changes nothing the second time, and a restarted operator picks up where the last one stopped.
 import { randomBytes } from "node:crypto";
 import { API_VERSION, KIND, type PaxosGroup, PLURAL } from "../api/paxos-group.js";
 import type { Logger } from "../controller/logger.js";

@@ -1,0 +1,492 @@
+// Issue 7 on the local control plane: scaling 3 -> 5 -> 3 and 3 -> 1 -> 3, a rolling update of the
+// image, and an operator killed after each kind of step, all with the membership, the StatefulSet,
+// the PVCs and the data checked against what users rely on: one member changed at a time, no
+// acknowledged write lost, no stale PVC left for a later scale-up, the master moved before its pod
+// restarts, and a restarted operator that finishes the change. The operator runs as a local process
+// here so that a test can kill it (a test-only hook) and start it again with other settings.
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { promisify } from "node:util";
+import { REPO_ROOT } from "../cluster/binaries.js";
+import { KubeClient, type KubeObject, sleep, waitFor } from "../cluster/kube.js";
+import type { LocalCluster } from "../providers/local.js";
+import { log, startCluster, stopCluster } from "./helpers.js";
+import { OperatorProcess } from "./operator-process.js";
+
+const NS = "default";
+const GROUP = "kv";
+const groupPath = `/apis/paxos.dev/v1alpha1/namespaces/${NS}/paxosgroups/${GROUP}`;
+const stsPath = `/apis/apps/v1/namespaces/${NS}/statefulsets/${GROUP}`;
+const SETTLE_MS = 300_000;
+const run = promisify(execFile);
+
+let cluster: LocalCluster | undefined;
+let client: KubeClient | undefined;
+let operator: OperatorProcess | undefined;
+let tmp = "";
+let token = "";
+
+function kube(): KubeClient {
+  if (!client) throw new Error("no cluster");
+  return client;
+}
+
+async function startOperator(env: Record<string, string> = {}): Promise<OperatorProcess> {
+  if (!cluster) throw new Error("no cluster");
+  await operator?.stop();
+  operator = await OperatorProcess.start({
+    kubeconfig: cluster.kubeconfig,
+    namespace: NS,
+    nodeImage: cluster.images.node,
+    logFile: path.join(tmp, "operator.log"),
+    env,
+  });
+  return operator;
+}
+
+before(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), "scaling-e2e-"));
+  cluster = await startCluster();
+  client = await KubeClient.fromKubeconfig(cluster.kubeconfig);
+  const kubectl = path.join(cluster.controlPlane.binDir, "kubectl");
+  await run(kubectl, [
+    "--kubeconfig",
+    cluster.kubeconfig,
+    "apply",
+    "--server-side",
+    "-f",
+    path.join(REPO_ROOT, "crds", "paxosgroup.yaml"),
+  ]);
+  await waitFor(
+    "the PaxosGroup CRD to be served",
+    () => kube().getOrNull(`/apis/paxos.dev/v1alpha1/namespaces/${NS}/paxosgroups`),
+    60_000,
+  );
+  await startOperator();
+});
+
+after(async () => {
+  await operator?.stop();
+  client?.close();
+  await stopCluster(cluster);
+  if (tmp) await rm(tmp, { recursive: true, force: true });
+});
+
+interface Pod extends KubeObject {
+  status?: { podIP?: string; conditions?: { type: string; status: string }[] };
+}
+
+async function pods(): Promise<Pod[]> {
+  return (
+    await kube().list<Pod>(`/api/v1/namespaces/${NS}/pods`, {
+      labelSelector: `app.kubernetes.io/instance=${GROUP}`,
+    })
+  ).items.filter((p) => !p.metadata.deletionTimestamp);
+}
+
+const isReady = (p: Pod) =>
+  p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false;
+
+/** A member's HTTP API, straight at its pod IP (local on this machine). */
+async function memberFetch(ip: string, urlPath: string, init: RequestInit = {}): Promise<Response> {
+  return fetch(`http://${ip}:8080${urlPath}`, { ...init, signal: AbortSignal.timeout(10_000) });
+}
+
+interface NodeStatus {
+  member: string;
+  role: string;
+  master: string | null;
+  members: { name: string; role: "voter" | "learner" }[];
+}
+
+/** The master's view of the configuration, e.g. "kv-0:voter,kv-1:voter,kv-2:learner". */
+async function masterStatus(): Promise<NodeStatus | undefined> {
+  for (const p of await pods()) {
+    if (!p.status?.podIP) continue;
+    const res = await memberFetch(p.status.podIP, "/v1/status").catch(() => undefined);
+    if (!res?.ok) continue;
+    const s = (await res.json()) as NodeStatus;
+    if (s.role === "master") return s;
+  }
+  return undefined;
+}
+
+const configText = (s: NodeStatus) =>
+  [...s.members]
+    .sort((a, b) => a.name.localeCompare(b.name))
+    .map((m) => `${m.name}:${m.role}`)
+    .join(",");
+
+const voters = (n: number) => Array.from({ length: n }, (_, i) => `${GROUP}-${i}:voter`).join(",");
+
+async function setReplicas(replicas: number): Promise<void> {
+  await kube().patch(groupPath, { spec: { replicas } }, "merge");
+}
+
+/** Waits until the group is exactly `replicas` ready voters and the operator says it settled. */
+async function waitSettled(replicas: number, what: string): Promise<void> {
+  await waitFor(
+    what,
+    async () => {
+      const g = await kube().get(groupPath);
+      const cond = (t: string) => g.status?.conditions?.find((c: { type: string }) => c.type === t);
+      if (g.status?.observedGeneration !== g.metadata.generation) return false;
+      if (cond("Available")?.status !== "True" || cond("Progressing")?.status !== "False") return false;
+      if (g.status?.readyReplicas !== replicas) return false;
+      const sts = await kube().get(stsPath);
+      if (sts.spec.replicas !== replicas) return false;
+      const s = await masterStatus();
+      return s !== undefined && configText(s) === voters(replicas);
+    },
+    SETTLE_MS,
+    1000,
+  ).catch(async (e: unknown) => {
+    const g = await kube().getOrNull(groupPath);
+    throw new Error(
+      `${e instanceof Error ? e.message : String(e)}\nstatus: ${JSON.stringify(g?.status)}\noperator log:\n${await operator?.logTail()}`,
+    );
+  });
+}
+
+/** Writes distinct keys to whichever member is ready, one at a time; remembers what was acknowledged. */
+class Writer {
+  readonly acked = new Map<string, string>();
+  private stopped = false;
+  private readonly loop: Promise<void>;
+  private n = 0;
+
+  constructor(private readonly prefix: string) {
+    this.loop = this.run();
+  }
+
+  private async run(): Promise<void> {
+    let targets: string[] = [];
+    let refreshed = 0;
+    // Bounded: a test stops it, and it never writes more than this many keys.
+    while (!this.stopped && this.n < 20_000) {
+      if (Date.now() - refreshed > 2000 || targets.length === 0) {
+        targets = (await pods().catch(() => [])).filter(isReady).flatMap((p) => p.status?.podIP ?? []);
+        refreshed = Date.now();
+        if (targets.length === 0) {
+          await sleep(200);
+          continue;
+        }
+      }
+      const key = `${this.prefix}-${this.n++}`;
+      const value = `value-${key}`;
+      const ip = targets[this.n % targets.length] ?? "";
+      const res = await memberFetch(ip, `/v1/kv/${key}`, { method: "PUT", body: value }).catch(
+        () => undefined,
+      );
+      if (res?.ok) {
+        this.acked.set(key, value);
+      } else {
+        await res?.body?.cancel();
+        targets = [];
+        await sleep(100);
+      }
+      await sleep(20);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.loop;
+  }
+
+  /** Every acknowledged write reads back, linearizably, from a ready member. */
+  async verify(): Promise<void> {
+    assert.ok(this.acked.size > 0, "the writer got acknowledgements");
+    const ip = (await pods()).find(isReady)?.status?.podIP;
+    assert.ok(ip, "a ready member");
+    for (const [key, value] of this.acked) {
+      const res = await waitFor(`GET ${key}`, async () => {
+        const r = await memberFetch(ip, `/v1/kv/${key}`);
+        return r.status === 200 || r.status === 404 ? r : undefined;
+      });
+      assert.equal(res.status, 200, `acknowledged write ${key} is there`);
+      assert.equal(await res.text(), value);
+    }
+    log(`${this.prefix}: ${this.acked.size} acknowledged writes read back`);
+  }
+}
+
+/**
+ * Samples, until stopped, the master's configuration and the group's Progressing reason; returns
+ * the distinct configurations in order and the set of reasons seen.
+ */
+function sampleProgress(signal: AbortSignal): {
+  stop: () => Promise<{ configs: string[]; reasons: Set<string> }>;
+} {
+  const configs: string[] = [];
+  const reasons = new Set<string>();
+  let stopped = false;
+  const loop = (async () => {
+    for (let i = 0; !stopped && !signal.aborted && i < 10_000; i++) {
+      const s = await masterStatus().catch(() => undefined);
+      const text = s ? configText(s) : undefined;
+      if (text && configs.at(-1) !== text) configs.push(text);
+      const g = await kube()
+        .get(groupPath)
+        .catch(() => undefined);
+      const progressing = g?.status?.conditions?.find((c: { type: string }) => c.type === "Progressing");
+      if (progressing?.status === "True") reasons.add(progressing.reason);
+      await sleep(200);
+    }
+  })();
+  return {
+    stop: async () => {
+      stopped = true;
+      await loop;
+      return { configs, reasons };
+    },
+  };
+}
+
+/** Each observed configuration is one of `chain`, in the chain's order: one change at a time. */
+function assertFollows(observed: string[], chain: string[]): void {
+  let at = 0;
+  for (const c of observed) {
+    const i = chain.indexOf(c, at);
+    assert.ok(
+      i >= 0,
+      `configuration ${c} is not a next step of ${JSON.stringify(chain.slice(at))}; seen ${JSON.stringify(observed)}`,
+    );
+    at = i;
+  }
+  assert.equal(observed.at(-1), chain.at(-1));
+}
+
+async function assertPvcs(replicas: number): Promise<void> {
+  await waitFor(
+    `PVCs of exactly ${replicas} members`,
+    async () => {
+      const names = (
+        await kube().list(`/api/v1/namespaces/${NS}/persistentvolumeclaims`, {
+          labelSelector: `app.kubernetes.io/instance=${GROUP}`,
+        })
+      ).items
+        .map((c) => c.metadata.name)
+        .sort();
+      const want = Array.from({ length: replicas }, (_, i) => `data-${GROUP}-${i}`).sort();
+      return JSON.stringify(names) === JSON.stringify(want);
+    },
+    120_000,
+    1000,
+  );
+}
+
+test("a three-member group settles", async () => {
+  await kube().create(`/apis/paxos.dev/v1alpha1/namespaces/${NS}/paxosgroups`, {
+    apiVersion: "paxos.dev/v1alpha1",
+    kind: "PaxosGroup",
+    metadata: { name: GROUP, namespace: NS },
+    spec: { replicas: 3, storage: { size: "64Mi", storageClassName: "standard" } },
+  });
+  await waitSettled(3, "3 ready voters");
+  const secret = await kube().get(`/api/v1/namespaces/${NS}/secrets/${GROUP}-token`);
+  token = Buffer.from(secret.data.token, "base64").toString("utf8");
+});
+
+test("3 -> 5 -> 3 while a writer runs: one member at a time, nothing lost, removed PVCs gone", async (t) => {
+  const writer = new Writer("scale");
+  try {
+    let sampler = sampleProgress(t.signal);
+    await setReplicas(5);
+    await waitSettled(5, "5 ready voters");
+    const up = await sampler.stop();
+    assert.ok(up.reasons.has("AddingLearner"), `Progressing reasons seen: ${[...up.reasons]}`);
+    assertFollows(up.configs, [
+      voters(3),
+      `${voters(3)},${GROUP}-3:learner`,
+      voters(4),
+      `${voters(4)},${GROUP}-4:learner`,
+      voters(5),
+    ]);
+    const g = await kube().get(groupPath);
+    assert.deepEqual(
+      g.status.members.map((m: { name: string; role: string }) => `${m.name}:${m.role}`).join(","),
+      voters(5),
+    );
+
+    sampler = sampleProgress(t.signal);
+    await setReplicas(3);
+    await waitSettled(3, "back to 3 ready voters");
+    const down = await sampler.stop();
+    assert.ok(down.reasons.has("RemovingMember"), `Progressing reasons seen: ${[...down.reasons]}`);
+    assertFollows(down.configs, [voters(5), voters(4), voters(3)]);
+    await assertPvcs(3);
+  } finally {
+    await writer.stop();
+  }
+  await writer.verify();
+});
+
+test("an operator killed after each step of a scale-up and a scale-down finishes the change", async () => {
+  const crashAfter = async (step: string, change: () => Promise<void>, check: () => Promise<boolean>) => {
+    const op = await startOperator({ PAXOS_OPERATOR_TEST_CRASH_AFTER: step });
+    await change();
+    const exit = await op.waitExit(SETTLE_MS);
+    assert.equal(exit.signal, "SIGKILL", `the operator killed itself after ${step}`);
+    assert.ok(await check(), `the cluster shows ${step} done`);
+    log(`operator killed after ${step}`);
+  };
+  const config = async () => {
+    const s = await waitFor("a master", masterStatus, 60_000);
+    return configText(s);
+  };
+  const stsReplicas = async () => (await kube().get(stsPath)).spec.replicas as number;
+
+  // Scale-up 3 -> 4: grow, add the learner, promote.
+  await crashAfter(
+    "GrowStatefulSet",
+    () => setReplicas(4),
+    async () => (await stsReplicas()) === 4,
+  );
+  await crashAfter(
+    "AddLearner",
+    async () => {},
+    async () => (await config()) === `${voters(3)},${GROUP}-3:learner`,
+  );
+  await crashAfter(
+    "PromoteMember",
+    async () => {},
+    async () => (await config()) === voters(4),
+  );
+  await startOperator();
+  await waitSettled(4, "4 ready voters after the crashes");
+
+  // Scale-down 4 -> 3 with kv-3 the master: hand over, remove, shrink, delete the PVC.
+  await operator?.stop();
+  const master = await waitFor("a master", masterStatus, 60_000);
+  if (master.member !== `${GROUP}-3`) {
+    const ip = (await pods()).find((p) => p.metadata.name === master.member)?.status?.podIP;
+    const res = await memberFetch(ip ?? "", "/v1/admin/master/transfer", {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ to: `${GROUP}-3` }),
+    });
+    assert.equal(res.status, 200, await res.text());
+  }
+  await waitFor("kv-3 to be master", async () => (await masterStatus())?.member === `${GROUP}-3`, 60_000);
+  await crashAfter(
+    "TransferMaster",
+    () => setReplicas(3),
+    async () => (await masterStatus())?.member !== `${GROUP}-3`,
+  );
+  await crashAfter(
+    "RemoveMember",
+    async () => {},
+    async () => (await config()) === voters(3),
+  );
+  await crashAfter(
+    "ShrinkStatefulSet",
+    async () => {},
+    async () => (await stsReplicas()) === 3,
+  );
+  await crashAfter(
+    "DeletePVC",
+    async () => {},
+    async () => {
+      const pvc = await kube().getOrNull(`/api/v1/namespaces/${NS}/persistentvolumeclaims/data-${GROUP}-3`);
+      return pvc === null || Boolean(pvc.metadata.deletionTimestamp);
+    },
+  );
+  await startOperator();
+  await waitSettled(3, "3 ready voters after the crashes");
+  await assertPvcs(3);
+});
+
+test("a rolling update of the image: never two members down, the master moved before its pod restarts", async (t) => {
+  const before = new Map((await pods()).map((p) => [p.metadata.name ?? "", p.metadata.uid]));
+  const writer = new Writer("roll");
+  const samples: { master: string | undefined; ready: number; uids: Map<string, string | undefined> }[] = [];
+  let sampling = true;
+  const sampler = (async () => {
+    for (let i = 0; sampling && i < 10_000; i++) {
+      const current = await pods().catch(() => undefined);
+      if (current) {
+        const master = (await masterStatus().catch(() => undefined))?.member;
+        samples.push({
+          master,
+          ready: current.filter(isReady).length,
+          uids: new Map(current.map((p) => [p.metadata.name ?? "", p.metadata.uid])),
+        });
+      }
+      await sleep(250);
+    }
+  })();
+  const image = `${cluster?.images.node.split(":")[0]}:rolled`;
+  const progress = sampleProgress(t.signal);
+  let seen: { configs: string[]; reasons: Set<string> } = { configs: [], reasons: new Set() };
+  try {
+    // The first restart also kills the operator; the next one finishes the update.
+    const op = await startOperator({ PAXOS_OPERATOR_TEST_CRASH_AFTER: "RestartPod" });
+    await kube().patch(groupPath, { spec: { image } }, "merge");
+    assert.equal((await op.waitExit(SETTLE_MS)).signal, "SIGKILL");
+    await startOperator();
+    await waitFor(
+      "every member to run the new image",
+      async () => {
+        const current = await pods();
+        return (
+          current.length === 3 &&
+          current.every(
+            (p) =>
+              p.spec.containers[0].image === image && before.get(p.metadata.name ?? "") !== p.metadata.uid,
+          )
+        );
+      },
+      SETTLE_MS,
+      1000,
+    );
+    await waitSettled(3, "3 ready voters on the new image");
+  } finally {
+    sampling = false;
+    await sampler;
+    await writer.stop();
+    seen = await progress.stop();
+  }
+  await writer.verify();
+  const { reasons, configs } = seen;
+  assert.ok(reasons.has("RollingUpdate"), `Progressing reasons seen: ${[...reasons]}`);
+  assert.deepEqual(configs, [voters(3)], "a rolling update does not change the membership");
+
+  assert.ok(Math.min(...samples.map((s) => s.ready)) >= 2, "never fewer than two ready members");
+  // For each pod replaced, the last master seen before its uid changed was another member.
+  for (const [name, uid] of before) {
+    const i = samples.findIndex((s) => s.uids.get(name) !== uid);
+    assert.ok(i > 0, `${name} was replaced while sampling`);
+    const lastMaster = samples
+      .slice(0, i)
+      .map((s) => s.master)
+      .filter((m) => m !== undefined)
+      .at(-1);
+    assert.notEqual(lastMaster, name, `${name} was not the master when its pod was deleted`);
+  }
+});
+
+test("scale down to 1 and back to 3 keeps the data", async () => {
+  const writer = new Writer("one");
+  await sleep(2000);
+  await writer.stop();
+  await setReplicas(1);
+  await waitSettled(1, "a single voter");
+  await assertPvcs(1);
+  await writer.verify();
+  await setReplicas(3);
+  await waitSettled(3, "3 ready voters again");
+  await assertPvcs(3);
+  await writer.verify();
+  // The new members hold the data themselves.
+  for (const p of await pods()) {
+    const key = [...writer.acked.keys()][0] ?? "";
+    const res = await memberFetch(p.status?.podIP ?? "", `/v1/kv/${key}?consistency=local`);
+    assert.equal(res.status, 200, `${p.metadata.name} has ${key}`);
+    await res.body?.cancel();
+  }
+});
