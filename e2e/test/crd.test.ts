@@ -157,6 +157,40 @@ test("invalid specs are refused with a message naming the field", async () => {
   assert.equal((await kubectl("get", "pxg", "-n", "default", "-o", "name")).stdout.trim(), "");
 });
 
+test("a name longer than 52 characters is refused", async () => {
+  const long = "a".repeat(53);
+  const stderr = await kubectlFails("apply", "--dry-run=server", "-f", await manifest("{}", long));
+  assert.match(stderr, /metadata\.name must be at most 52 characters/);
+  const fits = await kubectl("apply", "--dry-run=server", "-f", await manifest("{}", "a".repeat(52)));
+  assert.match(fits.stdout, /created \(server dry run\)/);
+});
+
+test("the storage class cannot change after creation; the size can", async () => {
+  await kubectl(
+    "apply",
+    "--server-side",
+    "-f",
+    await manifest("{storage: {size: 1Gi, storageClassName: standard}}", "fixed"),
+  );
+  const stderr = await kubectlFails(
+    "apply",
+    "--server-side",
+    "-f",
+    await manifest("{storage: {size: 1Gi, storageClassName: fast}}", "fixed"),
+  );
+  assert.match(
+    stderr,
+    /spec\.storage: Invalid value: "object": spec\.storage\.storageClassName cannot change/,
+  );
+  await kubectl(
+    "apply",
+    "--server-side",
+    "-f",
+    await manifest("{storage: {size: 2Gi, storageClassName: standard}}", "fixed"),
+  );
+  await kubectl("delete", "pxg", "fixed", "-n", "default", "--wait=true");
+});
+
 test("kubectl get pxg shows the printer columns", async () => {
   await kubectl("apply", "--server-side", "-f", await manifest("{replicas: 3}", "shown"));
   await kubectl(

@@ -490,3 +490,29 @@ test("scale down to 1 and back to 3 keeps the data", async () => {
     await res.body?.cancel();
   }
 });
+
+test("a larger storage size goes to the PVCs; a class without expansion shows Degraded and reconciles go on", async () => {
+  const degraded = async (want: "True" | "False") =>
+    waitFor(
+      `Degraded ${want}`,
+      async () => {
+        const g = await kube().get(groupPath);
+        const c = g.status?.conditions?.find((x: { type: string }) => x.type === "Degraded");
+        return g.status?.observedGeneration === g.metadata.generation && c?.status === want ? c : undefined;
+      },
+      120_000,
+      1000,
+    );
+  await kube().patch(groupPath, { spec: { storage: { size: "128Mi" } } }, "merge");
+  // The host-path StorageClass does not allow expansion: the API server refuses the PVC update.
+  const c = await degraded("True");
+  assert.match(c.message, /cannot grow data-kv-0 to 128Mi/);
+  const sts = await kube().get(stsPath);
+  assert.equal(
+    sts.spec.volumeClaimTemplates[0].spec.resources.requests.storage,
+    "64Mi",
+    "the template stays",
+  );
+  await kube().patch(groupPath, { spec: { storage: { size: "64Mi" } } }, "merge");
+  await degraded("False");
+});

@@ -47,6 +47,7 @@ import {
   type ObservedMember,
   withDefaults,
 } from "./status.js";
+import { type ClaimView, planStorage, type StorageSpec } from "./storage.js";
 
 export const FIELD_MANAGER = "paxos-operator";
 /** Exit code of a node that loaded a checkpoint from a peer and wants a fresh start. */
@@ -182,6 +183,21 @@ function podOrdinal(name: string): number {
   return m ? Number(m[1]) : Number.POSITIVE_INFINITY;
 }
 
+/** The size and class the StatefulSet's claim template was made with; undefined before it exists. */
+function claimTemplateStorage(sts: KubeObject | undefined): StorageSpec | undefined {
+  const claim = sts?.spec?.volumeClaimTemplates?.[0]?.spec;
+  const size = claim?.resources?.requests?.storage;
+  if (size === undefined) return undefined;
+  return {
+    size: String(size),
+    ...(claim.storageClassName ? { storageClassName: claim.storageClassName } : {}),
+  };
+}
+
+function claimView(pvc: KubeObject): ClaimView {
+  return { name: pvc.metadata.name ?? "", requested: pvc.spec?.resources?.requests?.storage };
+}
+
 /** What the plan needs to know of a pod. */
 function podView(pod: Pod): PodView {
   const ready = pod.status?.conditions?.find((c) => c.type === "Ready");
@@ -293,10 +309,31 @@ export class PaxosGroupReconciler {
       `/api/v1/namespaces/${ns}/services/${desiredClientService(g).metadata?.name}`,
       desiredClientService(g),
     );
+    const storage = planStorage(
+      g.spec.storage,
+      claimTemplateStorage(current),
+      pvcs.filter((c) => !c.metadata.deletionTimestamp).map(claimView),
+    );
+    problems.push(...storage.problems);
     const appliedSts = await this.apply(
       stsPath,
-      desiredStatefulSet(g, { defaultImage: this.opts.defaultImage, replicas: plan.statefulSetReplicas }),
+      desiredStatefulSet(
+        { ...g, spec: { ...g.spec, storage: storage.template } },
+        { defaultImage: this.opts.defaultImage, replicas: plan.statefulSetReplicas },
+      ),
     );
+    for (const { pvc, size } of storage.grow) {
+      try {
+        await this.rest.patch(
+          `/api/v1/namespaces/${ns}/persistentvolumeclaims/${encodeURIComponent(pvc)}`,
+          { spec: { resources: { requests: { storage: size } } } },
+          "merge",
+        );
+        await this.event(group, "Normal", "VolumeExpanded", `asked for ${pvc} to grow to ${size}`);
+      } catch (e) {
+        problems.push(`cannot grow ${pvc} to ${size}: ${errorText(e)}`);
+      }
+    }
     const pdb = desiredPdb(g);
     await this.apply(`/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/${pdb.metadata?.name}`, pdb);
 
