@@ -278,3 +278,39 @@ test("transfer faults: the sender killed mid-stream, the receiver times out and 
   await waitCaughtUp(c, "n3", await c.waitForMaster());
   await assertAllReadable(c, "n3", data, true);
 });
+
+test("a learner added after the log was cleaned loads a checkpoint, exits 75, catches up and is promoted", async (t) => {
+  const c = await Cluster.start(3, { token: TOKEN, args: SEED_ARGS });
+  t.after(() => c.destroy());
+  await c.waitForMaster();
+  const data = await writeKeys(c, "early", 4 * CHECKPOINT_EVERY);
+  await waitFor(60_000, "every member to clean past instance 0", async () => {
+    const s = await Promise.all(["n1", "n2", "n3"].map((n) => c.status(n)));
+    return s.every((x) => x !== null && x.instances.minKept > 1) ? true : undefined;
+  });
+
+  // What a scale-up does: the new member starts empty, is added as a learner, and can only catch
+  // up from a checkpoint because the log it would need is gone.
+  const master = await c.waitForMaster();
+  const learner = await c.addMember();
+  c.startMember(learner);
+  const added = await c.admin(master, "POST", "/v1/admin/members", {
+    name: learner,
+    address: `127.0.0.1:${c.member(learner).peerPort}`,
+    role: "learner",
+  });
+  assert.equal(added.status, 200, JSON.stringify(added.json));
+  assert.match(await expectCheckpointExit(c, learner), /^checkpoint-loaded instance=\d+ from=n[123]$/);
+
+  c.startMember(learner);
+  await waitCaughtUp(c, learner, master);
+  const more = await writeKeys(c, "later", 20);
+  await waitCaughtUp(c, learner, master);
+  const promoted = await c.admin(master, "POST", `/v1/admin/members/${learner}/promote`);
+  assert.equal(promoted.status, 200, JSON.stringify(promoted.json));
+  await waitFor(30_000, `${learner} to see itself a voter`, async () =>
+    (await c.status(learner))?.role !== "learner" ? true : undefined,
+  );
+  await assertAllReadable(c, learner, data, true);
+  await assertAllReadable(c, learner, more, true);
+});
