@@ -34,6 +34,8 @@ export interface RequestOptions {
   contentType?: string;
   query?: Record<string, string | number | boolean | undefined>;
   timeoutMs?: number;
+  /** Extra request headers (for what a proxied pod receives, say). */
+  headers?: Record<string, string>;
 }
 
 interface ResourceInfo {
@@ -96,6 +98,7 @@ export class KubeClient {
           method,
           headers: {
             ...(this.httpsOptions.headers ?? {}),
+            ...opts.headers,
             accept: "application/json",
             // Explicit length: node frames neither DELETE nor GET bodies on its own, and an
             // unframed body poisons the kept-alive connection for the next request.

@@ -7,6 +7,8 @@ export interface LocalImage {
   /** CMD: replaced by the container's `args` when it has any. */
   cmd: string[];
   workingDir: string;
+  /** ENV of the image: the base of the container's environment, under what the pod spec sets. */
+  env: Record<string, string>;
 }
 
 /** The repository's last path element, without registry, tag or digest: `ghcr.io/x/paxos-node:0.1` -> `paxos-node`. */
@@ -15,6 +17,13 @@ export function imageName(image: string): string {
   const last = noDigest.split("/").pop() ?? noDigest;
   return last.split(":")[0] ?? last;
 }
+
+/**
+ * What node/Dockerfile and operator/Dockerfile set with ENV. HOME matters most: the host's /root is
+ * visible in the sandbox, and a client library that finds /root/.kube/config there would talk to
+ * whatever cluster that file names instead of using the pod's service account.
+ */
+const DOCKERFILE_ENV = { NODE_ENV: "production", HOME: "/tmp" };
 
 /** The images the runner knows; anything else fails the way an unpullable image does. */
 export function resolveImage(image: string, repoRoot: string): LocalImage | undefined {
@@ -25,18 +34,21 @@ export function resolveImage(image: string, repoRoot: string): LocalImage | unde
         entrypoint: [node, path.join(repoRoot, "bin", "paxos-node.js")],
         cmd: [],
         workingDir: repoRoot,
+        env: { ...DOCKERFILE_ENV, PAXOS_DATA_DIR: "/data" },
       };
     case "paxos-operator":
       return {
         entrypoint: [node, path.join(repoRoot, "dist", "operator", "src", "main.js")],
         cmd: [],
         workingDir: repoRoot,
+        env: DOCKERFILE_ENV,
       };
     case "e2e-testserver":
       return {
         entrypoint: [node, path.join(repoRoot, "dist", "e2e", "testserver", "main.js")],
         cmd: [],
         workingDir: repoRoot,
+        env: {},
       };
     default:
       return undefined;

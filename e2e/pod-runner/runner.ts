@@ -397,7 +397,10 @@ class PodWorker {
     }
     let env: Record<string, string>;
     try {
-      env = await containerEnv(this.runner.client, spec, this.facts(), this.runner.baseEnv(this.pod));
+      env = await containerEnv(this.runner.client, spec, this.facts(), {
+        ...this.runner.baseEnv(this.pod),
+        ...image.env,
+      });
     } catch (e) {
       if (!(e instanceof ConfigError)) throw e;
       c.waiting = { reason: e.reason, message: e.message };

@@ -51,6 +51,8 @@ export class OperatorProcess {
         POD_NAMESPACE: opts.namespace,
         LEADER_ELECT: String(opts.leaderElect ?? false),
         PAXOS_NODE_IMAGE: opts.nodeImage,
+        // Pods of the local provider share this network stack: bind where no pod listens.
+        METRICS_HOST: "127.0.0.1",
         METRICS_PORT: String(await freePort()),
         LOG_LEVEL: "debug",
         ...opts.env,

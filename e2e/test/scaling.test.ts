@@ -5,24 +5,21 @@
 // restarts, and a restarted operator that finishes the change. The operator runs as a local process
 // here so that a test can kill it (a test-only hook) and start it again with other settings.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { promisify } from "node:util";
-import { REPO_ROOT } from "../cluster/binaries.js";
 import { KubeClient, type KubeObject, sleep, waitFor } from "../cluster/kube.js";
 import type { LocalCluster } from "../providers/local.js";
 import { log, startCluster, stopCluster } from "./helpers.js";
 import { OperatorProcess } from "./operator-process.js";
+import { installCrd } from "./paxos-group.js";
 
 const NS = "default";
 const GROUP = "kv";
 const groupPath = `/apis/paxos.dev/v1alpha1/namespaces/${NS}/paxosgroups/${GROUP}`;
 const stsPath = `/apis/apps/v1/namespaces/${NS}/statefulsets/${GROUP}`;
 const SETTLE_MS = 300_000;
-const run = promisify(execFile);
 
 let cluster: LocalCluster | undefined;
 let client: KubeClient | undefined;
@@ -52,20 +49,7 @@ before(async () => {
   tmp = await mkdtemp(path.join(os.tmpdir(), "scaling-e2e-"));
   cluster = await startCluster();
   client = await KubeClient.fromKubeconfig(cluster.kubeconfig);
-  const kubectl = path.join(cluster.controlPlane.binDir, "kubectl");
-  await run(kubectl, [
-    "--kubeconfig",
-    cluster.kubeconfig,
-    "apply",
-    "--server-side",
-    "-f",
-    path.join(REPO_ROOT, "crds", "paxosgroup.yaml"),
-  ]);
-  await waitFor(
-    "the PaxosGroup CRD to be served",
-    () => kube().getOrNull(`/apis/paxos.dev/v1alpha1/namespaces/${NS}/paxosgroups`),
-    60_000,
-  );
+  await installCrd(cluster);
   await startOperator();
 });
 

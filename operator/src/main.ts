@@ -23,6 +23,8 @@ interface Config {
   metricsPort: number;
   /** Test-only: the plan step after which the process kills itself (PAXOS_OPERATOR_TEST_CRASH_AFTER). */
   crashAfter: StepKind | undefined;
+  /** Undefined: every interface. */
+  metricsHost: string | undefined;
 }
 
 function readConfig(env: NodeJS.ProcessEnv): Config {
@@ -50,6 +52,7 @@ function readConfig(env: NodeJS.ProcessEnv): Config {
     identity: env.POD_NAME || `${os.hostname()}-${process.pid}`,
     metricsPort: port,
     crashAfter: crashAfter as StepKind | undefined,
+    metricsHost: env.METRICS_HOST || undefined,
   };
 }
 
@@ -59,6 +62,24 @@ const MANAGED_BY = "app.kubernetes.io/managed-by=paxos-operator";
 function groupKey(obj: KubeObject): string | undefined {
   const instance = obj.metadata.labels?.["app.kubernetes.io/instance"];
   return instance && obj.metadata.namespace ? `${obj.metadata.namespace}/${instance}` : undefined;
+}
+
+/**
+ * Whether an update of a PaxosGroup asks for a reconcile. Status-only updates do not: they are
+ * mostly the operator's own status writes, and reconciling after each of them loops for as long as
+ * the members' instance numbers keep moving (writes under way), a reconcile every few hundred ms.
+ */
+function groupChanged(oldObj: KubeObject, newObj: KubeObject): boolean {
+  const a = oldObj.metadata;
+  const b = newObj.metadata;
+  const same = (x: unknown, y: unknown) => JSON.stringify(x ?? null) === JSON.stringify(y ?? null);
+  return (
+    a.generation !== b.generation ||
+    a.deletionTimestamp !== b.deletionTimestamp ||
+    !same(a.labels, b.labels) ||
+    !same(a.annotations, b.annotations) ||
+    !same(a.finalizers, b.finalizers)
+  );
 }
 
 async function main(): Promise<void> {
@@ -138,7 +159,13 @@ async function main(): Promise<void> {
       path: `/apis/${API_VERSION}/${PLURAL}`,
       ...(ns ? { namespace: ns } : {}),
       logger: log,
-      handlers: { onAdd: enqueueGroup, onUpdate: (_o, n) => enqueueGroup(n), onDelete: enqueueGroup },
+      handlers: {
+        onAdd: enqueueGroup,
+        onUpdate: (o, n) => {
+          if (groupChanged(o, n)) enqueueGroup(n);
+        },
+        onDelete: enqueueGroup,
+      },
     }),
     ...["/apis/apps/v1/statefulsets", "/api/v1/pods"].map(
       (path) =>
@@ -171,7 +198,9 @@ async function main(): Promise<void> {
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(config.metricsPort, resolve);
+    // METRICS_HOST (e.g. the pod IP) is for pods that share one network stack, as on the e2e
+    // suite's local provider, where every operator pod listening on all interfaces would collide.
+    server.listen(config.metricsPort, config.metricsHost, resolve);
   });
   log.info({ port: config.metricsPort, ...config }, "paxos-operator starting");
 

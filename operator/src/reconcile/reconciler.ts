@@ -143,10 +143,16 @@ export const httpMemberApi: MemberApi = {
   },
 };
 
+interface ContainerTermination {
+  exitCode?: number;
+  finishedAt?: string;
+  containerID?: string;
+}
+
 interface ContainerState {
   waiting?: { reason?: string };
   running?: object;
-  terminated?: { exitCode?: number };
+  terminated?: ContainerTermination;
 }
 
 interface Pod extends KubeObject {
@@ -167,15 +173,22 @@ function isReady(pod: Pod): boolean {
 }
 
 /**
- * A pod whose node exited with 75 and is not running again: waiting (CrashLoopBackOff) after it,
- * or terminated with it right now. Pods being deleted are left to finish.
+ * The exit-75 termination of a pod's node: its current state, or the last one when the container
+ * was restarted already (a kubelet restarts at once after a first exit, so the pod may be running
+ * again). Pods being deleted are left to finish.
  */
-export function loadedCheckpoint(pod: Pod): boolean {
-  if (pod.metadata.deletionTimestamp) return false;
+function checkpointExit(pod: Pod): ContainerTermination | undefined {
+  if (pod.metadata.deletionTimestamp) return undefined;
   const c = pod.status?.containerStatuses?.find((s) => s.name === CONTAINER_NAME);
-  if (!c) return false;
-  if (c.state?.terminated?.exitCode === EXIT_CHECKPOINT_LOADED) return true;
-  return c.lastState?.terminated?.exitCode === EXIT_CHECKPOINT_LOADED && c.state?.waiting !== undefined;
+  for (const t of [c?.state?.terminated, c?.lastState?.terminated]) {
+    if (t?.exitCode === EXIT_CHECKPOINT_LOADED) return t;
+  }
+  return undefined;
+}
+
+/** A pod whose node last terminated with exit code 75: the operator replaces it (DESIGN.md). */
+export function loadedCheckpoint(pod: Pod): boolean {
+  return checkpointExit(pod) !== undefined;
 }
 
 function podOrdinal(name: string): number {
@@ -562,14 +575,17 @@ export class PaxosGroupReconciler {
   }
 
   /**
-   * Records the checkpoint load once per pod incarnation (the Event's name says which), counts it
+   * Records the checkpoint load once per termination (the Event's name says which), counts it
    * in the status, then deletes the pod; the StatefulSet recreates it on the same PVC. Returns the
    * new count.
    */
   private async replaceMember(group: PaxosGroup, pod: Pod, count: number): Promise<number> {
     const podName = pod.metadata.name ?? "";
-    const restarts = pod.status?.containerStatuses?.find((s) => s.name === CONTAINER_NAME)?.restartCount ?? 0;
-    const eventName = `${group.metadata.name}.checkpoint-loaded.${pod.metadata.uid}.${restarts}`;
+    // Named after the termination itself: the same exit is seen as `state` and then as `lastState`,
+    // with different restart counts, and must be counted once.
+    const exit = checkpointExit(pod);
+    const finished = exit?.finishedAt ? Date.parse(exit.finishedAt) : Number.NaN;
+    const eventName = `${group.metadata.name}.checkpoint-loaded.${pod.metadata.uid}.${Number.isNaN(finished) ? 0 : finished}`;
     let next = count;
     const recorded = await this.event(
       group,

@@ -227,7 +227,7 @@ test("withDefaults fills what the CRD defaults", () => {
   );
 });
 
-test("a pod counts as having loaded a checkpoint only after exit code 75 and while not running", () => {
+test("a pod counts as having loaded a checkpoint when its node last terminated with exit code 75", () => {
   const pod = (state: object, lastState: object, deleting = false) => ({
     metadata: { name: "kv-1", ...(deleting ? { deletionTimestamp: "2025-01-01T00:00:00Z" } : {}) },
     status: { containerStatuses: [{ name: "paxos-node", state, lastState }] },
@@ -235,7 +235,12 @@ test("a pod counts as having loaded a checkpoint only after exit code 75 and whi
   const exited75 = { terminated: { exitCode: 75 } };
   assert.equal(loadedCheckpoint(pod({ waiting: { reason: "CrashLoopBackOff" } }, exited75)), true);
   assert.equal(loadedCheckpoint(pod(exited75, {})), true);
-  assert.equal(loadedCheckpoint(pod({ running: {} }, exited75)), false, "already restarted");
+  assert.equal(
+    loadedCheckpoint(pod({ running: {} }, exited75)),
+    true,
+    "restarted at once, as a kubelet does first",
+  );
+  assert.equal(loadedCheckpoint(pod({ running: {} }, {})), false);
   assert.equal(loadedCheckpoint(pod({ waiting: {} }, { terminated: { exitCode: 1 } })), false);
   assert.equal(loadedCheckpoint(pod(exited75, {}, true)), false, "already being deleted");
 });
