@@ -151,7 +151,7 @@ function assertLeastPrivilege(rules: Rule[]): void {
   assert.deepEqual(verbs(rules, "", "secrets"), crud);
   assert.deepEqual(verbs(rules, "policy", "poddisruptionbudgets"), crud);
   assert.deepEqual(verbs(rules, "", "pods"), ["delete", "get", "list", "watch"]);
-  assert.deepEqual(verbs(rules, "", "persistentvolumeclaims"), ["delete", "get", "list", "watch"]);
+  assert.deepEqual(verbs(rules, "", "persistentvolumeclaims"), ["delete", "get", "list", "patch", "watch"]);
   assert.deepEqual(verbs(rules, "", "events"), ["create", "patch"]);
   assert.deepEqual(verbs(rules, "events.k8s.io", "events"), ["create", "patch"]);
   for (const r of rules) {

@@ -186,3 +186,29 @@ test("restarting the operator (its pod deleted, the Deployment makes a new one) 
   );
   assert.equal(condition(now.group, "Available")?.status, "True");
 });
+
+test("with the chart's RBAC the operator scales 3 -> 4 -> 3 and deletes the removed member's PVC", async () => {
+  const g = group;
+  const c = client;
+  if (!g || !c) throw new Error("no cluster");
+  const settledAs = (replicas: number) => (x: KubeObject) =>
+    x.status?.observedGeneration === x.metadata.generation &&
+    condition(x, "Progressing")?.status === "False" &&
+    x.status?.readyReplicas === replicas &&
+    x.status?.members?.length === replicas &&
+    x.status.members.every((m: { role?: string }) => m.role === "voter") &&
+    x;
+  const spec = (replicas: number) => ({ replicas, storage: { size: "64Mi", storageClassName: "standard" } });
+
+  await g.apply(spec(4));
+  await g.waitFor("4 voters", settledAs(4), 300_000);
+  await g.apply(spec(3));
+  await g.waitFor("back to 3 voters", settledAs(3), 300_000);
+  await g.waitFor("the PVC of kv-3 to be gone", async () =>
+    (await c.getOrNull(`/api/v1/namespaces/${NS}/persistentvolumeclaims/data-${g.member(3)}`)) === null
+      ? true
+      : undefined,
+  );
+  const steps = new Set((await g.events("RemoveMember")).map((e) => e.reason));
+  assert.deepEqual([...steps], ["RemoveMember"], "the member was removed by the operator");
+});

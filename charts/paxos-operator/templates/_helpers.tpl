@@ -82,14 +82,15 @@ release namespace (see leader-election-rbac.yaml).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Pods are read for exit codes and deleted after a checkpoint load (exit 75); PVCs are read for
-# status and deleted only when a member is removed for good.
+# Pods are read for exit codes and deleted after a checkpoint load (exit 75) or for a rolling
+# update; PVCs are grown (patch) when spec.storage.size grows and deleted only when a member is
+# removed for good.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "delete"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "delete"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
