@@ -231,8 +231,15 @@ interface MasterState {
   nextInstance: number;
   readonly inFlight: Map<number, InFlight>;
   lastHeartbeat: number;
-  /** The commit notice changed (more chosen, or a read round started): send it with this ready. */
+  /** A read round started, a handover or a new mastership: send the commit notice with this ready. */
   commitDirty: boolean;
+  /**
+   * More is chosen than the last commit notice said. Announced with the next accept (one frame,
+   * one wake-up and one synced write on each follower instead of two) or at the next tick: the
+   * client's answer never waits for followers to learn, and a follower's linearizable read starts
+   * a read round, whose notice carries the chosen point.
+   */
+  chosenUnannounced: boolean;
   readSeq: number;
   /**
    * Read confirmation round in progress: its sequence, its reads, the index they will get, and the
@@ -477,7 +484,12 @@ export class PaxosCore {
     this.progressHandover();
     this.fillWindow();
     this.settleOwnConfig();
-    if (this.mastership?.commitDirty) this.sendHeartbeat();
+    const m = this.mastership;
+    if (
+      m !== null &&
+      (m.commitDirty || (m.chosenUnannounced && this.out.sendNow.some((e) => e.message.type === "accept")))
+    )
+      this.sendHeartbeat();
     const r = this.out;
     this.out = emptyReady();
     return r;
@@ -531,6 +543,27 @@ export class PaxosCore {
       },
       members,
     };
+  }
+
+  /** This member's role, without building the whole status(). */
+  get currentRole(): Role {
+    return this.role;
+  }
+
+  /** The master this member follows (itself when master), without building the whole status(). */
+  get currentMaster(): MemberId | null {
+    return this.master;
+  }
+
+  /** A master with no instance in flight and no command queued: a new command cannot join a batch. */
+  get idleMaster(): boolean {
+    const m = this.mastership;
+    return m !== null && m.inFlight.size === 0 && this.queue.length === 0;
+  }
+
+  /** Highest instance such that every instance up to it is chosen here. */
+  get chosenPoint(): number {
+    return this.chosenUpTo;
   }
 
   /** Votes needed to choose the next instance: a majority of the voters in force there. */
@@ -620,7 +653,7 @@ export class PaxosCore {
 
   private masterTick(): void {
     const m = this.mastership!;
-    if (this.now - m.lastHeartbeat >= this.timing.heartbeatMs) this.sendHeartbeat();
+    if (m.chosenUnannounced || this.now - m.lastHeartbeat >= this.timing.heartbeatMs) this.sendHeartbeat();
     for (const [instance, f] of m.inFlight) {
       if (this.now - f.sentAt < this.timing.retryMs) continue;
       f.sentAt = this.now;
@@ -637,6 +670,7 @@ export class PaxosCore {
     const m = this.mastership!;
     m.lastHeartbeat = this.now;
     m.commitDirty = false;
+    m.chosenUnannounced = false;
     const msg: Message = {
       type: "commit",
       ballot: m.ballot,
@@ -889,6 +923,7 @@ export class PaxosCore {
       inFlight: new Map(),
       lastHeartbeat: Number.NEGATIVE_INFINITY,
       commitDirty: true,
+      chosenUnannounced: false,
       readSeq: 0,
       readRound: null,
       readsWaiting: [],
@@ -989,7 +1024,7 @@ export class PaxosCore {
     while (m.ballotChosenUpTo + 1 < m.nextInstance && !m.inFlight.has(m.ballotChosenUpTo + 1)) {
       m.ballotChosenUpTo++;
     }
-    if (m.ballotChosenUpTo > before) m.commitDirty = true;
+    if (m.ballotChosenUpTo > before) m.chosenUnannounced = true;
     this.maybeCompleteReads();
   }
 

@@ -101,6 +101,8 @@ export class NodeRuntime implements KvService {
   private readonly log: Logger;
   private tickTimer: NodeJS.Timeout | null = null;
   private flushScheduled = false;
+  private flushSoonScheduled = false;
+  private transportFlushScheduled = false;
   /** Post-persist work of each Ready, strictly in order: each waits for the previous one. */
   private pipeline: Promise<void> = Promise.resolve();
   /** Chosen values are executed strictly in instance order. */
@@ -138,7 +140,7 @@ export class NodeRuntime implements KvService {
     });
     if (recorded !== undefined) this.warnIfPeersDiffer(recorded.config);
     this.checkpoints = new CheckpointDriver(opts, checkpointStore, sm, cleaner, {
-      chosenUpTo: () => this.core.status().chosenUpTo,
+      chosenUpTo: () => this.core.chosenPoint,
       quorum: () => this.core.quorum,
       peerAddress: (member) => this.peerAddresses.get(member),
       otherMembers: () => [...this.peerAddresses.keys()].filter((p) => p !== opts.member),
@@ -278,10 +280,28 @@ export class NodeRuntime implements KvService {
   // ---------------------------------------------------------------------------------------------
   // Driving the core
 
-  private step(event: CoreEvent): void {
+  /**
+   * Feeds one event to the core. Its Ready is carried out at the end of this turn of the event loop,
+   * so that everything arriving in one turn (client writes above all) shares one Ready: one batch
+   * of commands, one synced write. With `soon` it is carried out once the current callback is done
+   * (for a peer message, every message of that socket read is in by then): peer messages are the
+   * protocol's critical path and form no batches of their own, and neither does a command that
+   * reaches an idle master.
+   */
+  private step(event: CoreEvent, soon = false): void {
     if (this.closing && event.type !== "tick" && event.type !== "receive") return;
     this.core.step(event);
-    this.scheduleFlush();
+    if (soon) this.scheduleFlushSoon();
+    else this.scheduleFlush();
+  }
+
+  private scheduleFlushSoon(): void {
+    if (this.flushSoonScheduled) return;
+    this.flushSoonScheduled = true;
+    process.nextTick(() => {
+      this.flushSoonScheduled = false;
+      this.flush();
+    });
   }
 
   private scheduleFlush(): void {
@@ -298,6 +318,12 @@ export class NodeRuntime implements KvService {
   private flush(): void {
     const rd = this.core.ready();
     for (const env of rd.sendNow) this.transport.send(env.to, env.message);
+    // This turn's messages are all gathered: out they go before the persist below is started, so
+    // the peers' half of the work (their network hop and fsync) overlaps ours. When values were
+    // chosen, their clients are answered first (execution runs in this turn's microtasks) and the
+    // messages leave at the end of the turn: waking the peers before the answer would make them
+    // compete with it for the CPU.
+    if (rd.committed.length === 0) this.transport.flush();
     for (const f of rd.failed) this.proposals.reject(f.requestId, failureError(f.reason));
     for (const f of rd.readsFailed) this.localReads.reject(f.requestId, failureError(f.reason));
     for (const r of rd.readsReady) this.localReads.resolve(r.requestId, r.index);
@@ -324,8 +350,18 @@ export class NodeRuntime implements KvService {
 
   private afterPersist(rd: Ready): void {
     for (const env of rd.send) {
-      if (env.to === this.opts.member) this.step({ type: "receive", from: env.to, message: env.message });
+      if (env.to === this.opts.member)
+        this.step({ type: "receive", from: env.to, message: env.message }, true);
       else this.transport.send(env.to, env.message);
+    }
+    // One synced write completes the persists of several Readies in one run of microtasks; a tick
+    // after that run sends all their messages together, without waiting for the next loop turn.
+    if (rd.send.length > 0 && !this.transportFlushScheduled) {
+      this.transportFlushScheduled = true;
+      process.nextTick(() => {
+        this.transportFlushScheduled = false;
+        this.transport.flush();
+      });
     }
     for (const load of rd.loads) {
       if (this.checkpoints.answerIfCompacted(load.to, load.from)) continue;
@@ -394,20 +430,23 @@ export class NodeRuntime implements KvService {
     this.opts.onFatal(e instanceof Error ? e : new Error(String(e)));
   }
 
+  /** Runs after every Ready: the full status() is built only for the lag gauges, once a second. */
   private updateGauges(): void {
-    const s = this.core.status();
+    const core = this.core;
     const m = this.opts.metrics;
-    m.instanceChosen.set(s.chosenUpTo);
+    m.instanceChosen.set(core.chosenPoint);
     m.instanceExecuted.set(this.executed.value);
-    if (s.role !== this.lastRole) {
+    const role = core.currentRole;
+    if (role !== this.lastRole) {
       if (this.lastRole !== null) m.role.set({ role: this.lastRole }, 0);
-      m.role.set({ role: s.role }, 1);
-      if (this.lastRole !== null) this.log.info({ role: s.role, master: s.master }, "role changed");
-      this.lastRole = s.role;
+      m.role.set({ role }, 1);
+      if (this.lastRole !== null) this.log.info({ role, master: core.currentMaster }, "role changed");
+      this.lastRole = role;
     }
     const now = performance.now();
     if (now - this.lagGaugesAt >= LAG_GAUGE_MS) {
       this.lagGaugesAt = now;
+      const s = core.status();
       const isMaster = s.role === "master";
       for (const member of s.members) {
         const lag = this.lagOf(member.name, isMaster, s);
@@ -422,7 +461,7 @@ export class NodeRuntime implements KvService {
   private onPeerMessage(from: string, message: PeerMessage): void {
     this.lastHeardFrom.set(from, performance.now());
     if (isCoreMessage(message)) {
-      this.step({ type: "receive", from, message: message as Message });
+      this.step({ type: "receive", from, message: message as Message }, true);
       return;
     }
     switch (message.type) {
@@ -521,7 +560,7 @@ export class NodeRuntime implements KvService {
     const deadline = performance.now() + MASTER_WAIT_MS;
     for (;;) {
       if (this.closing) throw new ServiceError("shutting_down", "the member is shutting down");
-      const master = this.core.status().master;
+      const master = this.core.currentMaster;
       if (master !== null) {
         try {
           return await attempt(master);
@@ -543,7 +582,9 @@ export class NodeRuntime implements KvService {
     if (this.closing) return Promise.reject(new ServiceError("shutting_down", "the member is shutting down"));
     return this.proposals.start(this.requestTimeoutMs, timeoutError, (requestId) => {
       this.opts.metrics.proposals.inc();
-      this.step({ type: "propose", requestId, command });
+      // On an idle master there is nothing for this command to wait for: it is proposed as soon as
+      // this request's callback is done instead of at the end of the loop iteration.
+      this.step({ type: "propose", requestId, command }, this.core.idleMaster);
     });
   }
 

@@ -234,10 +234,17 @@ export class KvStateMachine implements StateMachine {
   /** Writes everything queued as one RocksDB batch at a time, in order. */
   private startWriting(): void {
     if (this.writing !== null || this.unwritten.length === 0 || this.failure) return;
+    // Started after this turn of the event loop: the answers waiting for this execution (which
+    // need the state visible, not written) leave first instead of queueing behind the hand-off to
+    // RocksDB's threads, and batches executed meanwhile join the same write.
+    this.writing = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.writeUnwritten());
+  }
+
+  private writeUnwritten(): Promise<void> {
     const batches = this.unwritten;
     this.unwritten = [];
     const ops = batches.flatMap((b) => b.ops);
-    this.writing = this.store.batch(ops, { sync: false }).then(
+    return this.store.batch(ops, { sync: false }).then(
       () => {
         this.writing = null;
         this.writtenUpTo = batches.at(-1)!.instance;

@@ -8,7 +8,10 @@
 //
 // Durability: persist() resolves only after a synced (fsync'ed WAL) write that contains its data.
 // Calls that arrive while a synced write is running wait and then share the next synced batch
-// (group commit), so one fsync covers many promises, votes and chosen marks.
+// (group commit), so one fsync covers many promises, votes and chosen marks. Unsynced data
+// (chosen marks) is written at the next turn of the event loop and never holds up a synced write
+// of other keys: each RocksDB write costs a hand-off to the binding's thread pool, and on a busy
+// machine that hand-off, more than the write, is what a request on the critical path pays for.
 
 import {
   CodecError,
@@ -84,12 +87,15 @@ export class PaxosLog {
   /** persist() calls waiting for the next synced batch. */
   private queue: Waiter[] = [];
   /**
-   * The synced write in flight, if any. Cleared synchronously when it completes, so a persist()
-   * never sees a write that will not pick up its queued data.
+   * The writes in flight: at most one synced write, and unsynced ones. Their keys, counted, so that
+   * a write never overtakes an earlier one of the same key.
    */
-  private writing: Promise<void> | undefined;
+  private readonly writes = new Set<Promise<void>>();
+  private readonly keysInFlight = new Map<string, number>();
+  private syncInFlight = false;
   private flushScheduled = false;
-  /** Set when a synced write failed: whether any of it reached the disk is unknown, so stop. */
+  private unsyncedFlushScheduled = false;
+  /** Set when a write failed: whether any of it reached the disk is unknown, so stop. */
   private failure: Error | undefined;
   private closing: Promise<void> | undefined;
   /**
@@ -141,51 +147,77 @@ export class PaxosLog {
     }
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ ops, sync, resolve, reject });
-      // Deferring to a microtask lets every persist() of the current turn share the first write too.
-      // When a write is running, its completion starts the next batch.
-      if (!this.flushScheduled && !this.writing) {
+      // Deferred to a microtask (synced data), so every persist() of the current turn shares the
+      // first write too, or to the next turn (unsynced data: chosen marks), so that it leaves the
+      // critical path of what was just chosen and rides along with whatever else that turn brings.
+      if (sync && !this.flushScheduled) {
         this.flushScheduled = true;
         queueMicrotask(() => {
           this.flushScheduled = false;
+          this.startFlush();
+        });
+      } else if (!sync && !this.unsyncedFlushScheduled) {
+        this.unsyncedFlushScheduled = true;
+        setImmediate(() => {
+          this.unsyncedFlushScheduled = false;
           this.startFlush();
         });
       }
     });
   }
 
-  /** Writes everything queued as one synced batch, unless a write is already running. */
+  /**
+   * Writes everything queued as one batch, synced if any of it must be. Group commit: while a synced
+   * write is in flight, everything waits for it and then shares the next one. A synced write does
+   * not wait for unsynced writes in flight (RocksDB orders them itself) unless it rewrites one of
+   * their keys; unsynced data waits for any write in flight, whose completion starts the next.
+   */
   private startFlush(): void {
-    if (this.writing || this.queue.length === 0) return;
-    const waiters = this.queue;
-    this.queue = [];
+    if (this.queue.length === 0 || this.syncInFlight) return;
+    const sync = this.queue.some((w) => w.sync);
+    if (this.writes.size > 0 && !sync) return;
     // Later writes of a key replace earlier ones, exactly as they would have applied in sequence.
     const merged = new Map<string, StoreOp>();
-    for (const w of waiters) {
+    for (const w of this.queue) {
       for (const op of w.ops) merged.set(asBuffer(op.key).toString("latin1"), op);
     }
+    for (const key of merged.keys()) if (this.keysInFlight.has(key)) return;
+    const waiters = this.queue;
+    this.queue = [];
     const ops = [...merged.values()];
     if (ops.length === 0) {
       for (const w of waiters) w.resolve();
       return;
     }
-    const sync = waiters.some((w) => w.sync);
+    for (const key of merged.keys()) this.keysInFlight.set(key, (this.keysInFlight.get(key) ?? 0) + 1);
+    this.syncInFlight = sync;
     const started = process.hrtime.bigint();
-    this.writing = this.store.batch(ops, { sync }).then(
+    const done = (): void => {
+      this.writes.delete(write);
+      if (sync) this.syncInFlight = false;
+      for (const key of merged.keys()) {
+        const n = this.keysInFlight.get(key)!;
+        if (n === 1) this.keysInFlight.delete(key);
+        else this.keysInFlight.set(key, n - 1);
+      }
+    };
+    const write: Promise<void> = this.store.batch(ops, { sync }).then(
       () => {
-        this.writing = undefined;
+        done();
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
         for (const w of waiters) w.resolve();
         this.startFlush();
         if (sync) this.observer.onSync?.(seconds, ops.filter((op) => op.key[0] === LOG_PREFIX).length);
       },
       (err: unknown) => {
-        this.writing = undefined;
+        done();
         const failure = err instanceof Error ? err : new Error(String(err));
         this.failure = failure;
         for (const w of [...waiters, ...this.queue]) w.reject(failure);
         this.queue = [];
       },
     );
+    this.writes.add(write);
   }
 
   async recover(): Promise<RecoveredLogState> {
@@ -360,9 +392,9 @@ export class PaxosLog {
   /** Waits for every accepted persist() to be synced (or fail), then closes RocksDB. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      while (this.writing || this.queue.length > 0) {
+      while (this.writes.size > 0 || this.queue.length > 0) {
         this.startFlush();
-        await this.writing;
+        await Promise.all(this.writes);
       }
       await this.deleting;
       await this.store.close();
