@@ -87,16 +87,25 @@ interface NodeStatus {
   members: { name: string; role: "voter" | "learner" }[];
 }
 
-/** The master's view of the configuration, e.g. "kv-0:voter,kv-1:voter,kv-2:learner". */
+/**
+ * The status of the master a majority of the answering members name, when it claims the role
+ * itself: a deposed master that has not noticed yet is not taken for the group's view.
+ */
 async function masterStatus(): Promise<NodeStatus | undefined> {
-  for (const p of await pods()) {
-    if (!p.status?.podIP) continue;
-    const res = await memberFetch(p.status.podIP, "/v1/status").catch(() => undefined);
-    if (!res?.ok) continue;
-    const s = (await res.json()) as NodeStatus;
-    if (s.role === "master") return s;
-  }
-  return undefined;
+  const answers = await Promise.all(
+    (await pods()).map(async (p) => {
+      if (!p.status?.podIP) return undefined;
+      const res = await memberFetch(p.status.podIP, "/v1/status").catch(() => undefined);
+      return res?.ok ? ((await res.json()) as NodeStatus) : undefined;
+    }),
+  );
+  const statuses = answers.filter((s) => s !== undefined);
+  const votes = new Map<string, number>();
+  for (const s of statuses) if (s.master) votes.set(s.master, (votes.get(s.master) ?? 0) + 1);
+  const [named, count] = [...votes].sort(([, a], [, b]) => b - a)[0] ?? [];
+  if (named === undefined || (count ?? 0) * 2 <= statuses.length) return undefined;
+  const s = statuses.find((x) => x.member === named);
+  return s?.role === "master" ? s : undefined;
 }
 
 const configText = (s: NodeStatus) =>
