@@ -328,7 +328,7 @@ export class PaxosGroupReconciler {
       pvcs.filter((c) => !c.metadata.deletionTimestamp).map(claimView),
     );
     problems.push(...storage.problems);
-    const appliedSts = await this.apply(
+    await this.apply(
       stsPath,
       desiredStatefulSet(
         { ...g, spec: { ...g.spec, storage: storage.template } },
@@ -376,7 +376,9 @@ export class PaxosGroupReconciler {
       }
     }
 
-    const readyReplicas = Number(appliedSts.status?.readyReplicas ?? 0);
+    // From the same pod list as `members`, so the two never disagree (the StatefulSet's own count
+    // is written by another controller at another moment).
+    const readyReplicas = observed.filter((m) => m.ready).length;
     const next = computeStatus({
       group,
       readyReplicas,
