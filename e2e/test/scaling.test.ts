@@ -13,7 +13,7 @@ import { KubeClient, type KubeObject, sleep, waitFor } from "../cluster/kube.js"
 import type { LocalCluster } from "../providers/local.js";
 import { log, startCluster, stopCluster } from "./helpers.js";
 import { OperatorProcess } from "./operator-process.js";
-import { installCrd } from "./paxos-group.js";
+import { condition, installCrd } from "./paxos-group.js";
 
 const NS = "default";
 const GROUP = "kv";
@@ -126,9 +126,10 @@ async function waitSettled(replicas: number, what: string): Promise<void> {
     what,
     async () => {
       const g = await kube().get(groupPath);
-      const cond = (t: string) => g.status?.conditions?.find((c: { type: string }) => c.type === t);
       if (g.status?.observedGeneration !== g.metadata.generation) return false;
-      if (cond("Available")?.status !== "True" || cond("Progressing")?.status !== "False") return false;
+      if (condition(g, "Available")?.status !== "True" || condition(g, "Progressing")?.status !== "False") {
+        return false;
+      }
       if (g.status?.readyReplicas !== replicas) return false;
       const sts = await kube().get(stsPath);
       if (sts.spec.replicas !== replicas) return false;
@@ -226,7 +227,7 @@ function sampleProgress(signal: AbortSignal): {
       const g = await kube()
         .get(groupPath)
         .catch(() => undefined);
-      const progressing = g?.status?.conditions?.find((c: { type: string }) => c.type === "Progressing");
+      const progressing = g ? condition(g, "Progressing") : undefined;
       if (progressing?.status === "True") reasons.add(progressing.reason);
       await sleep(200);
     }
@@ -490,7 +491,7 @@ test("a larger storage size goes to the PVCs; a class without expansion shows De
       `Degraded ${want}`,
       async () => {
         const g = await kube().get(groupPath);
-        const c = g.status?.conditions?.find((x: { type: string }) => x.type === "Degraded");
+        const c = condition(g, "Degraded");
         return g.status?.observedGeneration === g.metadata.generation && c?.status === want ? c : undefined;
       },
       120_000,

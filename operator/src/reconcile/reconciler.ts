@@ -34,7 +34,7 @@ import {
   TOKEN_KEY,
   tokenSecretName,
 } from "./desired.js";
-import { type PodView, planNextStep, type Step } from "./plan.js";
+import { ordinalOf, type PodView, planNextStep, type Step } from "./plan.js";
 import {
   agreedMaster,
   type CleanerCommand,
@@ -191,11 +191,6 @@ export function loadedCheckpoint(pod: Pod): boolean {
   return checkpointExit(pod) !== undefined;
 }
 
-function podOrdinal(name: string): number {
-  const m = /-(\d+)$/.exec(name);
-  return m ? Number(m[1]) : Number.POSITIVE_INFINITY;
-}
-
 /** The size and class the StatefulSet's claim template was made with; undefined before it exists. */
 function claimTemplateStorage(sts: KubeObject | undefined): StorageSpec | undefined {
   const claim = sts?.spec?.volumeClaimTemplates?.[0]?.spec;
@@ -209,6 +204,11 @@ function claimTemplateStorage(sts: KubeObject | undefined): StorageSpec | undefi
 
 function claimView(pvc: KubeObject): ClaimView {
   return { name: pvc.metadata.name ?? "", requested: pvc.spec?.resources?.requests?.storage };
+}
+
+/** A pod's StatefulSet ordinal; pods of other names sort last. */
+function memberOrdinal(g: PaxosGroupLike, pod: Pod): number {
+  return ordinalOf(g.metadata.name, pod.metadata.name ?? "") ?? Number.POSITIVE_INFINITY;
 }
 
 /** What the plan needs to know of a pod. */
@@ -285,7 +285,7 @@ export class PaxosGroupReconciler {
 
     const live = pods
       .filter((p) => !p.metadata.deletionTimestamp && !loadedCheckpoint(p))
-      .sort((a, b) => podOrdinal(a.metadata.name ?? "") - podOrdinal(b.metadata.name ?? ""));
+      .sort((a, b) => memberOrdinal(g, a) - memberOrdinal(g, b));
     const observed = await Promise.all(live.map((pod) => this.observe(pod)));
     const master = agreedMaster(observed);
     const masterNode = observed.find((m) => m.name === master)?.node;
