@@ -3,9 +3,10 @@ import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type EtcdCluster, ensureEtcd, etcdPut, startEtcdCluster } from "./etcd.js";
-import { type ClientKind, type LoadResult, runLoad } from "./load.js";
+import { type ClientKind, type LoadResult, type RequestFactory, runLoad } from "./load.js";
 import { checkPaxosNode, type PaxosGroup, paxosPut, startPaxosGroup } from "./paxos.js";
 import { registerTempDir, removeTempDirs, stopAll } from "./procs.js";
+import { type ReferenceSystem, referencePut, startBareServer, startReferenceGroup } from "./reference.js";
 
 const USAGE = `npm run bench -- [options]
 
@@ -15,21 +16,31 @@ each concurrency level, and prints ops/s, p50 and p99 with the paxos/etcd ratios
 
   --seconds N          measured seconds per system and level (default: BENCH_SECONDS or 10)
   --warmup N           unmeasured seconds before each measurement (default 1)
+  --prime N            unmeasured seconds of load at concurrency 64 for each system once it is
+                       up, before the first level (default 10; 0 skips it)
   --concurrency LIST   comma-separated levels (default 1,16,64,256)
   --client KIND        load generator client: "raw" (minimal keep-alive HTTP/1.1; default) or
                        "http" (node:http with a keep-alive Agent, 2-3x the CPU per request)
   --only SYSTEM        run only "etcd" or only "paxos" (no ratios, no targets)
+  --with LIST          also measure reference systems, each against etcd (see bench/README.md):
+                       "reference" (the least work a replicated Node store must do per write
+                       here) and "bare" (HTTP alone, durable nowhere)
   --json FILE          also write the results as JSON to FILE
   --help               this text`;
 
 type System = "paxos" | "etcd";
+type Reference = "reference" | "bare";
+const REFERENCES: readonly Reference[] = ["reference", "bare"];
+const PRIME_CONCURRENCY = 64;
 
 interface Options {
   seconds: number;
   warmupSeconds: number;
+  primeSeconds: number;
   levels: number[];
   client: ClientKind;
   systems: System[];
+  references: Reference[];
   jsonFile: string | undefined;
 }
 
@@ -45,9 +56,11 @@ function parseOptions(argv: string[]): Options | undefined {
     options: {
       seconds: { type: "string" },
       warmup: { type: "string" },
+      prime: { type: "string" },
       concurrency: { type: "string" },
       client: { type: "string" },
       only: { type: "string" },
+      with: { type: "string" },
       json: { type: "string" },
       help: { type: "boolean" },
     },
@@ -60,6 +73,10 @@ function parseOptions(argv: string[]): Options | undefined {
   const warmupSeconds = values.warmup === undefined ? 1 : Number(values.warmup);
   if (!Number.isFinite(warmupSeconds) || warmupSeconds < 0) {
     throw new Error(`--warmup must be a number >= 0, got "${values.warmup}"`);
+  }
+  const primeSeconds = values.prime === undefined ? 10 : Number(values.prime);
+  if (!Number.isFinite(primeSeconds) || primeSeconds < 0) {
+    throw new Error(`--prime must be a number >= 0, got "${values.prime}"`);
   }
   const levels = (values.concurrency ?? "1,16,64,256").split(",").map((s) => {
     const n = Number(s.trim());
@@ -76,7 +93,17 @@ function parseOptions(argv: string[]): Options | undefined {
     }
     systems = [values.only];
   }
-  return { seconds, warmupSeconds, levels, client, systems, jsonFile: values.json };
+  const references = (values.with ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "")
+    .map((s) => {
+      if (!REFERENCES.includes(s as Reference)) {
+        throw new Error(`--with takes ${REFERENCES.map((r) => `"${r}"`).join(" and ")}, got "${s}"`);
+      }
+      return s as Reference;
+    });
+  return { seconds, warmupSeconds, primeSeconds, levels, client, systems, references, jsonFile: values.json };
 }
 
 interface Row {
@@ -87,6 +114,8 @@ interface Row {
   opsRatio: number | undefined;
   /** paxos p99 divided by etcd p99: below 1 means paxos has the better tail. */
   p99Ratio: number | undefined;
+  /** The reference systems asked for with --with. */
+  references: Partial<Record<Reference, LoadResult>>;
 }
 
 interface Target {
@@ -130,6 +159,20 @@ function fmt(n: number | undefined, digits: number): string {
   return n === undefined || Number.isNaN(n) ? "-" : n.toFixed(digits);
 }
 
+function referenceTable(rows: Row[], references: readonly Reference[]): string {
+  const header = ["concurrency", "system", "ops/s", "p50 ms", "p99 ms", "ratio ops/s (system/etcd)"];
+  const body = rows.flatMap((row) =>
+    references.flatMap((name) => {
+      const r = row.references[name];
+      if (r === undefined) return [];
+      const ratio = row.etcd ? r.opsPerSec / row.etcd.opsPerSec : undefined;
+      const ops = fmt(r.opsPerSec, 0) + (r.errors ? ` (${r.errors} err)` : "");
+      return [[String(row.concurrency), name, ops, fmt(r.p50Ms, 2), fmt(r.p99Ms, 2), fmt(ratio, 2)]];
+    }),
+  );
+  return markdownTable(header, body, [true, false, true, true, true, true]);
+}
+
 function table(rows: Row[]): string {
   const header = [
     "concurrency",
@@ -153,9 +196,18 @@ function table(rows: Row[]): string {
     fmt(r.opsRatio, 2),
     fmt(r.p99Ratio, 2),
   ]);
+  return markdownTable(
+    header,
+    body,
+    header.map(() => true),
+  );
+}
+
+function markdownTable(header: string[], body: string[][], alignRight: boolean[]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
-  const line = (cols: string[]) => `| ${cols.map((c, i) => c.padStart(widths[i]!)).join(" | ")} |`;
-  const rule = `|${widths.map((w) => `${"-".repeat(w + 1)}:`).join("|")}|`;
+  const pad = (c: string, i: number) => (alignRight[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!));
+  const line = (cols: string[]) => `| ${cols.map(pad).join(" | ")} |`;
+  const rule = `|${widths.map((w, i) => `${"-".repeat(w + 1)}${alignRight[i] ? ":" : "-"}`).join("|")}|`;
   return [line(header), rule, ...body.map(line)].join("\n");
 }
 
@@ -179,7 +231,7 @@ function machine() {
   };
 }
 
-function describe(system: System, r: LoadResult): string {
+function describe(system: System | Reference, r: LoadResult): string {
   const errs = r.errors
     ? `, ${r.errors} errors: ${Object.entries(r.errorKinds)
         .slice(0, 3)
@@ -187,7 +239,7 @@ function describe(system: System, r: LoadResult): string {
         .join("; ")}`
     : "";
   return (
-    `[bench] ${system.padEnd(5)} c=${r.concurrency}: ${fmt(r.opsPerSec, 0)} ops/s, ` +
+    `[bench] ${system.padEnd(9)} c=${r.concurrency}: ${fmt(r.opsPerSec, 0)} ops/s, ` +
     `p50 ${fmt(r.p50Ms, 2)} ms, p99 ${fmt(r.p99Ms, 2)} ms, max ${fmt(r.maxMs, 1)} ms, ` +
     `load generator ${fmt(r.generatorCpuPercent, 0)}% of a core${errs}`
   );
@@ -224,6 +276,39 @@ async function main(opts: Options): Promise<void> {
     stoppers.push(paxos.stop);
     console.log(`[bench] paxos-node: 3 members up, HTTP ports ${paxos.members.map((m) => m.httpPort)}`);
   }
+  const references = new Map<Reference, ReferenceSystem>();
+  for (const name of opts.references) {
+    const dir = join(baseDir, name);
+    mkdirSync(dir);
+    const system = await (name === "reference" ? startReferenceGroup(dir) : startBareServer(dir));
+    stoppers.push(system.stop);
+    references.set(name, system);
+    console.log(`[bench] ${name}: up, HTTP port ${system.port}`);
+  }
+
+  // Steady state, not start-up, is what the levels measure: paxos-node's JIT compiles its hot paths
+  // only after some thousands of requests (at concurrency 1 that is most of a run), and etcd's
+  // first writes also fill its caches. Every system gets the same load first.
+  if (opts.primeSeconds > 0) {
+    const targets: [string, () => Promise<number>, RequestFactory][] = [];
+    if (paxos) targets.push(["paxos", () => paxos.masterPort(), paxosPut]);
+    if (etcd) targets.push(["etcd", () => etcd.leaderPort(), etcdPut]);
+    for (const [name, system] of references) targets.push([name, async () => system.port, referencePut]);
+    for (const [name, port, build] of targets) {
+      const primed = await runLoad({
+        concurrency: PRIME_CONCURRENCY,
+        client: opts.client,
+        seconds: opts.primeSeconds,
+        warmupSeconds: 0,
+        signal: interrupt.signal,
+        port: await port(),
+        build,
+      });
+      console.log(
+        `[bench] primed ${name}: ${primed.ops} writes in ${fmt(primed.seconds, 1)} s at concurrency ${PRIME_CONCURRENCY}, not counted`,
+      );
+    }
+  }
 
   const rows: Row[] = [];
   for (const [i, concurrency] of opts.levels.entries()) {
@@ -233,17 +318,18 @@ async function main(opts: Options): Promise<void> {
       etcd: undefined,
       opsRatio: undefined,
       p99Ratio: undefined,
+      references: {},
     };
     // Alternating which system goes first spreads slow drift (page cache, disk write-back) over both.
     const order: System[] = i % 2 === 0 ? ["paxos", "etcd"] : ["etcd", "paxos"];
+    const load = {
+      concurrency,
+      client: opts.client,
+      seconds: opts.seconds,
+      warmupSeconds: opts.warmupSeconds,
+      signal: interrupt.signal,
+    };
     for (const system of order) {
-      const load = {
-        concurrency,
-        client: opts.client,
-        seconds: opts.seconds,
-        warmupSeconds: opts.warmupSeconds,
-        signal: interrupt.signal,
-      };
       if (system === "etcd" && etcd) {
         row.etcd = await runLoad({ ...load, port: await etcd.leaderPort(), build: etcdPut });
         console.log(describe("etcd", row.etcd));
@@ -251,6 +337,11 @@ async function main(opts: Options): Promise<void> {
         row.paxos = await runLoad({ ...load, port: await paxos.masterPort(), build: paxosPut });
         console.log(describe("paxos", row.paxos));
       }
+    }
+    for (const [name, system] of references) {
+      const result = await runLoad({ ...load, port: system.port, build: referencePut });
+      row.references[name] = result;
+      console.log(describe(name, result));
     }
     if (row.paxos && row.etcd) {
       row.opsRatio = row.paxos.opsPerSec / row.etcd.opsPerSec;
@@ -263,11 +354,16 @@ async function main(opts: Options): Promise<void> {
   console.log(
     `\n${date}, ${m.cores} x ${m.cpu}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, ` +
       `load average ${m.loadAverage1m} at start` +
+      (opts.primeSeconds > 0 ? `, each system primed for ${opts.primeSeconds} s` : "") +
       (etcdVersion ? `, etcd ${etcdVersion}` : "") +
       `; ${opts.seconds} s per run after ${opts.warmupSeconds} s warm-up; 100-byte values; ` +
       `client ${opts.client}; data ${fsNote}\n`,
   );
   console.log(table(rows));
+  if (opts.references.length > 0) {
+    console.log(`\nReference systems (bench/README.md), measured after paxos-node and etcd at each level:\n`);
+    console.log(referenceTable(rows, opts.references));
+  }
   const targets = wants("paxos") && wants("etcd") ? evaluateTargets(rows) : [];
   if (targets.length > 0) {
     console.log("\nTargets:");
