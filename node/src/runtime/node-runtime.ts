@@ -331,7 +331,12 @@ export class NodeRuntime implements KvService {
     for (const f of rd.adminFailed)
       this.adminRequests.reject(f.requestId, new AdminRefusal(f.reason, f.message));
     const persisted =
-      rd.persist !== null ? this.paxosLog.persist(rd.persist, { sync: rd.persist.sync }) : null;
+      rd.persist !== null
+        ? this.paxosLog.persist(rd.persist, {
+            sync: rd.persist.sync,
+            background: this.core.currentRole === "master",
+          })
+        : null;
     // A chosen value is already durable on a quorum, so executing it need not wait for our own
     // chosen mark to be synced: that keeps one fsync, not two, on a write's critical path.
     if (rd.committed.length > 0) {

@@ -4,14 +4,19 @@
 //   "L" + 8-byte big-endian instance -> framed encodeRecord(record)   (byte order = instance order)
 //   "Mpromised"                      -> framed writeBallot(promised)
 //   "MchosenUpTo"                    -> framed 8-byte big-endian instance (absent = -1)
+//   "Mjournal"                       -> framed 8-byte seq + 8-byte offset: where the vote journal's
+//                                       records not yet durable in RocksDB start
 // Every value carries a CRC32 (framing.ts) that is checked on every read.
 //
-// Durability: persist() resolves only after a synced (fsync'ed WAL) write that contains its data.
-// Calls that arrive while a synced write is running wait and then share the next synced batch
-// (group commit), so one fsync covers many promises, votes and chosen marks. Unsynced data
-// (chosen marks) is written at the next turn of the event loop and never holds up a synced write
-// of other keys: each RocksDB write costs a hand-off to the binding's thread pool, and on a busy
-// machine that hand-off, more than the write, is what a request on the critical path pays for.
+// Durability: every persist() is appended to the vote journal (journal.ts) first, and a synced one
+// resolves once that append is fdatasync'ed: on this thread by default, with no hand-off to
+// RocksDB's thread pool on a vote's critical path, or on the thread pool for a caller with other
+// work meanwhile (see PersistOptions). Calls of one turn share one append and one fdatasync (group
+// commit). Journaled batches are then applied to RocksDB unsynced, a few milliseconds later so that
+// several share one hand-off; reads wait for what is journaled to be applied first. Once enough of
+// the journal has piled up, one apply is synced and records where the journal now starts, and the
+// space before that is reused. Opening the log replays what the journal holds past that point.
+// A batch too large for the journal (a quarter of it) is written to RocksDB synced instead.
 
 import {
   CodecError,
@@ -25,6 +30,7 @@ import {
 } from "../paxos/codec.js";
 import { type Ballot, type ChosenEntry, type LogRecord, ZERO_BALLOT } from "../paxos/types.js";
 import { CorruptRecordError, decodeInstance, encodeInstance, frame, unframe } from "./framing.js";
+import { type JournalPosition, VoteJournal } from "./journal.js";
 import { asBuffer, RocksStore, type StoreOp } from "./rocks.js";
 
 export { CorruptRecordError } from "./framing.js";
@@ -58,11 +64,26 @@ export interface PaxosLogObserver {
   onSync?(seconds: number, records: number): void;
 }
 
+export interface PaxosLogOptions {
+  /** Size of the vote journal when it is created (an existing one keeps its size). */
+  journalBytes?: number;
+}
+
+const JOURNAL_FILE = "votes.journal";
+const DEFAULT_JOURNAL_BYTES = 16 * 1024 * 1024;
+/**
+ * How long journaled data waits before it goes to RocksDB: each write there is a hand-off to the
+ * binding's thread pool and back, and at one write per vote those hand-offs cost more than the
+ * votes. Reads never see the delay: they apply what is pending first.
+ */
+const APPLY_DELAY_MS = 5;
+
 const LOG_PREFIX = 0x4c; // "L"
 /** Exclusive upper bound of every log key: "M" sorts right after "L". */
 const LOG_END = Buffer.from("M");
 const META_PROMISED = Buffer.from("Mpromised");
 const META_CHOSEN_UP_TO = Buffer.from("MchosenUpTo");
+const META_JOURNAL = Buffer.from("Mjournal");
 
 function logKey(instance: number): Buffer {
   const key = Buffer.allocUnsafe(9);
@@ -76,23 +97,39 @@ function checkInstance(name: string, v: number, min: number): void {
     throw new RangeError(`${name} must be an integer >= ${min}, got ${v}`);
 }
 
+export interface PersistOptions {
+  /** false: data that may be lost in a crash (see persist()). Default true. */
+  sync?: boolean;
+  /**
+   * Where a synced write waits for the disk. Inline (the default), on this thread: the cheapest
+   * way when nothing else needs the thread meanwhile, as on a follower, whose vote is all it is
+   * doing. In the background, on the thread pool: a master keeps serving clients while its own
+   * vote syncs, and its quorum may well be complete (two followers) before that sync is.
+   */
+  background?: boolean;
+}
+
 interface Waiter {
   readonly ops: readonly StoreOp[];
   readonly sync: boolean;
+  readonly background: boolean;
   readonly resolve: () => void;
   readonly reject: (err: Error) => void;
 }
 
 export class PaxosLog {
-  /** persist() calls waiting for the next synced batch. */
+  /** persist() calls not yet journaled: the next append takes them all. */
   private queue: Waiter[] = [];
-  /**
-   * The writes in flight: at most one synced write, and unsynced ones. Their keys, counted, so that
-   * a write never overtakes an earlier one of the same key.
-   */
-  private readonly writes = new Set<Promise<void>>();
-  private readonly keysInFlight = new Map<string, number>();
-  private syncInFlight = false;
+  /** Journaled operations not yet handed to RocksDB, by key: a later write of a key replaces an earlier one. */
+  private unapplied = new Map<string, StoreOp>();
+  /** The RocksDB write of journaled data in flight: one at a time, so they land in journal order. */
+  private applying: Promise<void> | null = null;
+  private applyTimer: NodeJS.Timeout | undefined;
+  /** A batch too large for the journal, being written to RocksDB: later appends wait for it. */
+  private direct: Promise<void> | null = null;
+  /** The background fdatasync in flight, and the synced persists appended since it started. */
+  private backgroundSync: Promise<void> | null = null;
+  private awaitingSync: Waiter[] = [];
   private flushScheduled = false;
   private unsyncedFlushScheduled = false;
   /** Set when a write failed: whether any of it reached the disk is unknown, so stop. */
@@ -108,32 +145,57 @@ export class PaxosLog {
 
   private constructor(
     private readonly store: RocksStore,
+    private readonly journal: VoteJournal,
     private readonly observer: PaxosLogObserver,
   ) {}
 
-  static async open(dir: string, observer: PaxosLogObserver = {}): Promise<PaxosLog> {
-    return new PaxosLog(await RocksStore.open(dir), observer);
+  static async open(
+    dir: string,
+    observer: PaxosLogObserver = {},
+    options: PaxosLogOptions = {},
+  ): Promise<PaxosLog> {
+    const store = await RocksStore.open(dir);
+    let journal: VoteJournal | undefined;
+    try {
+      const stored = await store.get(META_JOURNAL);
+      const from =
+        stored === undefined
+          ? undefined
+          : decodeMeta("journal start", unframe(stored, "PaxosLog meta journal"), readPosition);
+      const opened = VoteJournal.open(
+        `${dir}/${JOURNAL_FILE}`,
+        options.journalBytes ?? DEFAULT_JOURNAL_BYTES,
+        from,
+      );
+      journal = opened.journal;
+      // What the journal holds past its recorded start goes to RocksDB, synced, together with a new
+      // start past a gap of sequence numbers: bytes a crash left after the last intact record can
+      // then never be taken for records written from now on.
+      const ops = opened.records.flatMap((payload) => decodeOps(payload, journal!.path));
+      ops.push(journalStartOp(journal.skipAhead()));
+      await store.batch(mergeOps([ops]), { sync: true });
+      return new PaxosLog(store, journal, observer);
+    } catch (err) {
+      journal?.close();
+      await store.close();
+      throw err;
+    }
   }
 
   /**
-   * Group commit: persist() calls that arrive while a synced write is in flight are merged into
-   * ONE next synced RocksDB batch; each call's promise resolves only once its data is synced.
+   * Group commit: persist() calls of one turn share one journal append and one fdatasync; each
+   * call's promise resolves only once its data is synced.
    */
   /**
    * `sync: false` is for data that may be lost in a crash because it can be rebuilt (chosen marks
-   * are learned again). Such a write still lands in the WAL in order, so any later synced write
-   * makes it durable too.
+   * are learned again). Such a write is journaled without an fdatasync, in order, so any later
+   * synced write makes it durable too.
    */
-  persist(batch: PersistBatch, options: { sync?: boolean } = {}): Promise<void> {
+  persist(batch: PersistBatch, options: PersistOptions = {}): Promise<void> {
     const sync = options.sync ?? true;
+    const background = options.background ?? false;
     if (this.closing) return Promise.reject(new Error("PaxosLog is closed: persist() called after close()"));
-    if (this.failure) {
-      return Promise.reject(
-        new Error(`PaxosLog is unusable after a failed synced write: ${this.failure.message}`, {
-          cause: this.failure,
-        }),
-      );
-    }
+    if (this.failure) return Promise.reject(this.unusable());
     let ops: StoreOp[];
     try {
       ops = encodeBatch(batch);
@@ -146,82 +208,175 @@ export class PaxosLog {
       if (this.lowest !== undefined && rec.instance < this.lowest) this.lowest = rec.instance;
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ ops, sync, resolve, reject });
+      this.queue.push({ ops, sync, background, resolve, reject });
       // Deferred to a microtask (synced data), so every persist() of the current turn shares the
-      // first write too, or to the next turn (unsynced data: chosen marks), so that it leaves the
+      // append too, or to the next turn (unsynced data: chosen marks), so that it leaves the
       // critical path of what was just chosen and rides along with whatever else that turn brings.
       if (sync && !this.flushScheduled) {
         this.flushScheduled = true;
         queueMicrotask(() => {
           this.flushScheduled = false;
-          this.startFlush();
+          this.flushQueue();
         });
       } else if (!sync && !this.unsyncedFlushScheduled) {
         this.unsyncedFlushScheduled = true;
         setImmediate(() => {
           this.unsyncedFlushScheduled = false;
-          this.startFlush();
+          this.flushQueue();
         });
       }
     });
   }
 
-  /**
-   * Writes everything queued as one batch, synced if any of it must be. Group commit: while a synced
-   * write is in flight, everything waits for it and then shares the next one. A synced write does
-   * not wait for unsynced writes in flight (RocksDB orders them itself) unless it rewrites one of
-   * their keys; unsynced data waits for any write in flight, whose completion starts the next.
-   */
-  private startFlush(): void {
-    if (this.queue.length === 0 || this.syncInFlight) return;
-    const sync = this.queue.some((w) => w.sync);
-    if (this.writes.size > 0 && !sync) return;
-    // Later writes of a key replace earlier ones, exactly as they would have applied in sequence.
-    const merged = new Map<string, StoreOp>();
-    for (const w of this.queue) {
-      for (const op of w.ops) merged.set(asBuffer(op.key).toString("latin1"), op);
-    }
-    for (const key of merged.keys()) if (this.keysInFlight.has(key)) return;
+  private unusable(): Error {
+    const message = this.failure?.message ?? "unknown failure";
+    return new Error(`PaxosLog is unusable after a failed write: ${message}`, { cause: this.failure });
+  }
+
+  /** Journals everything queued as one record, synced if any of it must be. */
+  private flushQueue(): void {
+    if (this.queue.length === 0 || this.direct !== null || this.failure) return;
     const waiters = this.queue;
     this.queue = [];
-    const ops = [...merged.values()];
+    const sync = waiters.some((w) => w.sync);
+    const ops = mergeOps(waiters.map((w) => w.ops));
     if (ops.length === 0) {
       for (const w of waiters) w.resolve();
       return;
     }
-    for (const key of merged.keys()) this.keysInFlight.set(key, (this.keysInFlight.get(key) ?? 0) + 1);
-    this.syncInFlight = sync;
+    const inline = sync && waiters.some((w) => w.sync && !w.background);
     const started = process.hrtime.bigint();
-    const done = (): void => {
-      this.writes.delete(write);
-      if (sync) this.syncInFlight = false;
-      for (const key of merged.keys()) {
-        const n = this.keysInFlight.get(key)!;
-        if (n === 1) this.keysInFlight.delete(key);
-        else this.keysInFlight.set(key, n - 1);
-      }
-    };
-    const write: Promise<void> = this.store.batch(ops, { sync }).then(
+    let journaled: boolean;
+    try {
+      journaled = this.journal.append(encodeOps(ops), inline);
+    } catch (err) {
+      this.fail(err, waiters);
+      return;
+    }
+    if (!journaled) {
+      this.writeDirect(ops, waiters);
+      return;
+    }
+    for (const op of ops) this.unapplied.set(keyOf(op), op);
+    this.scheduleApply();
+    if (inline) {
+      // The fdatasync covered everything appended before, background waiters included.
+      for (const w of this.awaitingSync.splice(0)) w.resolve();
+      this.observer.onSync?.(Number(process.hrtime.bigint() - started) / 1e9, countRecords(ops));
+    }
+    if (!sync || inline) {
+      for (const w of waiters) w.resolve();
+      return;
+    }
+    this.awaitingSync.push(...waiters);
+    this.startBackgroundSync();
+  }
+
+  /**
+   * Group commit on the thread pool: one fdatasync at a time, covering every append made before it
+   * started; persists appended meanwhile wait for the next one.
+   */
+  private startBackgroundSync(): void {
+    if (this.backgroundSync !== null || this.awaitingSync.length === 0) return;
+    const waiters = this.awaitingSync;
+    this.awaitingSync = [];
+    const started = process.hrtime.bigint();
+    this.backgroundSync = this.journal.syncInBackground().then(
       () => {
-        done();
-        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+        this.backgroundSync = null;
         for (const w of waiters) w.resolve();
-        this.startFlush();
-        if (sync) this.observer.onSync?.(seconds, ops.filter((op) => op.key[0] === LOG_PREFIX).length);
+        const records = waiters.reduce((n, w) => n + countRecords(w.ops), 0);
+        this.observer.onSync?.(Number(process.hrtime.bigint() - started) / 1e9, records);
+        this.startBackgroundSync();
       },
       (err: unknown) => {
-        done();
-        const failure = err instanceof Error ? err : new Error(String(err));
-        this.failure = failure;
-        for (const w of [...waiters, ...this.queue]) w.reject(failure);
-        this.queue = [];
+        this.backgroundSync = null;
+        this.fail(err, [...waiters, ...this.awaitingSync.splice(0)]);
       },
     );
-    this.writes.add(write);
+  }
+
+  /**
+   * A batch the journal cannot take (too large, or the ring is full until RocksDB catches up):
+   * written to RocksDB synced, after everything journaled before it, with the journal's start
+   * moved past all of it.
+   */
+  private writeDirect(ops: StoreOp[], waiters: Waiter[]): void {
+    const started = process.hrtime.bigint();
+    this.direct = (async () => {
+      await this.applyAll();
+      const start = this.journal.head();
+      await this.store.batch([...ops, journalStartOp(start)], { sync: true });
+      this.journal.release(start);
+    })().then(
+      () => {
+        this.direct = null;
+        for (const w of waiters) w.resolve();
+        this.observer.onSync?.(Number(process.hrtime.bigint() - started) / 1e9, countRecords(ops));
+        this.flushQueue();
+      },
+      (err: unknown) => {
+        this.direct = null;
+        this.fail(err, waiters);
+      },
+    );
+  }
+
+  private fail(err: unknown, waiters: Waiter[]): void {
+    this.failure ??= err instanceof Error ? err : new Error(String(err));
+    for (const w of [...waiters, ...this.queue]) w.reject(this.unusable());
+    this.queue = [];
+  }
+
+  private scheduleApply(): void {
+    if (this.applying !== null || this.applyTimer !== undefined || this.unapplied.size === 0) return;
+    this.applyTimer = setTimeout(() => {
+      this.applyTimer = undefined;
+      this.startApply();
+    }, APPLY_DELAY_MS);
+  }
+
+  /**
+   * Hands what is journaled to RocksDB in one batch. Once a quarter of the journal's room for one
+   * batch has piled up, the batch is synced and moves the journal's start past it.
+   */
+  private startApply(): void {
+    if (this.applying !== null || this.unapplied.size === 0 || this.failure) return;
+    const ops = [...this.unapplied.values()];
+    this.unapplied = new Map();
+    const start = this.journal.pendingBytes >= this.journal.maxPayloadBytes ? this.journal.head() : undefined;
+    if (start !== undefined) ops.push(journalStartOp(start));
+    this.applying = this.store.batch(ops, { sync: start !== undefined }).then(
+      () => {
+        this.applying = null;
+        if (start !== undefined) this.journal.release(start);
+        this.scheduleApply();
+      },
+      (err: unknown) => {
+        this.applying = null;
+        this.fail(err, []);
+      },
+    );
+  }
+
+  /** Resolves once everything journaled so far is in RocksDB (readable, not necessarily synced). */
+  private async applyAll(): Promise<void> {
+    for (;;) {
+      if (this.failure) throw this.unusable();
+      if (this.applying !== null) {
+        await this.applying;
+        continue;
+      }
+      if (this.unapplied.size === 0) return;
+      clearTimeout(this.applyTimer);
+      this.applyTimer = undefined;
+      this.startApply();
+    }
   }
 
   async recover(): Promise<RecoveredLogState> {
     this.assertOpen("recover");
+    await this.applyAll();
     const promisedBytes = await this.readMeta(META_PROMISED);
     const promised =
       promisedBytes === undefined ? ZERO_BALLOT : decodeMeta("promised ballot", promisedBytes, readBallot);
@@ -286,6 +441,8 @@ export class PaxosLog {
   private async deleteBelowNow(bound: number, maxCount: number, sync: boolean): Promise<DeleteBelowResult> {
     const start = this.lowest;
     if (start !== undefined && start >= bound) return { deleted: 0, minKept: start };
+    // A record still on its way to RocksDB would come back after the deletion.
+    await this.applyAll();
     const keys: Buffer[] = [];
     // The first key at or above the bound (or past the count) becomes the new minKept; reading it
     // in the same scan saves a second seek over the fresh tombstones.
@@ -327,12 +484,14 @@ export class PaxosLog {
     checkInstance("compactLog from", from, 0);
     checkInstance("compactLog to", to, 0);
     if (to <= from) return;
+    await this.applyAll();
     await this.store.compactRange(logKey(from), logKey(to));
   }
 
   /** RocksDB's estimate of the disk bytes taken by log records (flushed files; not the memtable). */
-  approximateLogBytes(): Promise<number> {
+  async approximateLogBytes(): Promise<number> {
     this.assertOpen("approximateLogBytes");
+    await this.applyAll();
     return this.store.approximateSize(Buffer.from([LOG_PREFIX]), LOG_END);
   }
 
@@ -345,6 +504,7 @@ export class PaxosLog {
     checkInstance("readChosen from", from, 0);
     const out: ChosenEntry[] = [];
     if (maxCount < 1) return out;
+    await this.applyAll();
     let bytes = 0;
     for await (const [key, value] of this.store.iterate({
       gte: logKey(from),
@@ -370,6 +530,7 @@ export class PaxosLog {
     checkInstance("replay from", from, 0);
     checkInstance("replay to", to, -1);
     if (to < from) return;
+    await this.applyAll();
     let next = from;
     for await (const [key, value] of this.store.iterate({ gte: logKey(from), lte: logKey(to) })) {
       const rec = decodeLogEntry(key, value);
@@ -389,14 +550,26 @@ export class PaxosLog {
     }
   }
 
-  /** Waits for every accepted persist() to be synced (or fail), then closes RocksDB. Idempotent. */
+  /**
+   * Waits for every accepted persist() to be synced (or fail), writes everything journaled to
+   * RocksDB, synced, so that the next open has nothing to replay, then closes. Idempotent.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      while (this.writes.size > 0 || this.queue.length > 0) {
-        this.startFlush();
-        await Promise.all(this.writes);
+      while (this.queue.length > 0 || this.direct !== null || this.backgroundSync !== null) {
+        this.flushQueue();
+        if (this.direct !== null) await this.direct;
+        if (this.backgroundSync !== null) await this.backgroundSync.catch(() => undefined);
+        if (this.failure) break;
       }
       await this.deleting;
+      if (!this.failure) {
+        await this.applyAll().catch(() => undefined);
+        const start = this.journal.head();
+        await this.store.batch([journalStartOp(start)], { sync: true }).catch(() => undefined);
+      }
+      clearTimeout(this.applyTimer);
+      this.journal.close();
       await this.store.close();
     })();
     return this.closing;
@@ -407,8 +580,68 @@ export class PaxosLog {
   }
 
   private async readMeta(key: Buffer): Promise<Uint8Array | undefined> {
+    await this.applyAll();
     const stored = await this.store.get(key);
     return stored === undefined ? undefined : unframe(stored, `PaxosLog meta ${key.subarray(1).toString()}`);
+  }
+}
+
+function keyOf(op: StoreOp): string {
+  return asBuffer(op.key).toString("latin1");
+}
+
+/** The operations of several batches as one, in order; a later write of a key replaces an earlier one. */
+function mergeOps(batches: readonly (readonly StoreOp[])[]): StoreOp[] {
+  const merged = new Map<string, StoreOp>();
+  for (const ops of batches) for (const op of ops) merged.set(keyOf(op), op);
+  return [...merged.values()];
+}
+
+function countRecords(ops: readonly StoreOp[]): number {
+  return ops.filter((op) => op.key[0] === LOG_PREFIX).length;
+}
+
+function journalStartOp(start: JournalPosition): StoreOp {
+  const w = new Writer(16);
+  w.uint(start.seq);
+  w.uint(start.offset);
+  return { type: "put", key: META_JOURNAL, value: frame(w.finish()) };
+}
+
+function readPosition(r: Reader): JournalPosition {
+  return { seq: r.uint(), offset: r.uint() };
+}
+
+/** A journal record's payload: [u32 count] then per operation [u8 put=1/del=2][bytes key][bytes value if put]. */
+function encodeOps(ops: readonly StoreOp[]): Uint8Array {
+  const w = new Writer(64);
+  w.u32(ops.length);
+  for (const op of ops) {
+    w.u8(op.type === "put" ? 1 : 2);
+    w.bytes(op.key);
+    if (op.type === "put") w.bytes(op.value!);
+  }
+  return w.finish();
+}
+
+function decodeOps(payload: Uint8Array, where: string): StoreOp[] {
+  try {
+    const r = new Reader(payload);
+    const count = r.u32();
+    const ops: StoreOp[] = [];
+    for (let i = 0; i < count; i++) {
+      const type = r.u8();
+      const key = r.bytes();
+      if (type === 1) ops.push({ type: "put", key, value: r.bytes() });
+      else if (type === 2) ops.push({ type: "del", key });
+      else throw new CodecError(`unknown operation type ${type}`);
+    }
+    r.end();
+    return ops;
+  } catch (err) {
+    if (err instanceof CodecError)
+      throw new CorruptRecordError(`vote journal ${where}: ${err.message}`, { cause: err });
+    throw err;
   }
 }
 

@@ -2,21 +2,31 @@
 // persist() calls in flight so that group commit merges them, and prints each instance to stdout
 // only after its persist() resolved. The parent kills it at an arbitrary point.
 //
-// Usage: node log-writer-child.js <log dir> <records to write>
+// Usage: node log-writer-child.js <log dir> <records to write> <journal bytes> <inline|background>
 
 import { PaxosLog } from "../../src/storage/paxos-log.js";
 import { crashTestRecord } from "./crash-records.js";
 
-const [dir, countArg] = process.argv.slice(2);
+const [dir, countArg, journalArg, mode] = process.argv.slice(2);
 const count = Number(countArg);
-if (dir === undefined || !Number.isSafeInteger(count) || count < 1) {
-  process.stderr.write("usage: log-writer-child.js <log dir> <records to write>\n");
+const journalBytes = Number(journalArg);
+if (
+  dir === undefined ||
+  !Number.isSafeInteger(count) ||
+  count < 1 ||
+  !Number.isSafeInteger(journalBytes) ||
+  (mode !== "inline" && mode !== "background")
+) {
+  process.stderr.write(
+    "usage: log-writer-child.js <log dir> <records to write> <journal bytes> <inline|background>\n",
+  );
   process.exit(2);
 }
+const background = mode === "background";
 
 const IN_FLIGHT = 8;
 
-const log = await PaxosLog.open(dir);
+const log = await PaxosLog.open(dir, {}, { journalBytes });
 const start = (await log.recover()).chosenUpTo + 1;
 const end = start + count;
 let next = start;
@@ -25,7 +35,7 @@ async function writer(): Promise<void> {
   while (next < end) {
     const instance = next++;
     const record = crashTestRecord(instance);
-    await log.persist({ promised: record.ballot, records: [record], chosenUpTo: instance });
+    await log.persist({ promised: record.ballot, records: [record], chosenUpTo: instance }, { background });
     // stdout is a pipe: writes to it are synchronous on Linux, so an acknowledged line is never lost.
     process.stdout.write(`${instance}\n`);
   }

@@ -17,6 +17,11 @@ const ROUNDS = 4;
 /** Far more than any round acknowledges before it is killed, so the child is always mid-write. */
 const RECORDS_PER_CHILD = 200_000;
 const ROUND_TIMEOUT_MS = 60_000;
+/**
+ * Small enough that the rounds wrap the vote journal several times and release it as they go, so a
+ * kill lands in the middle of those too.
+ */
+const JOURNAL_BYTES = 64 * 1024;
 
 const children = new Set<ChildProcess>();
 const tempRoots: string[] = [];
@@ -26,9 +31,10 @@ after(async () => {
 });
 
 /** Runs the writer until it has acknowledged `killAfter` records, SIGKILLs it, returns what it acknowledged. */
-function runAndKill(dir: string, killAfter: number): Promise<number[]> {
+function runAndKill(dir: string, killAfter: number, mode: "inline" | "background"): Promise<number[]> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CHILD, dir, String(RECORDS_PER_CHILD)], {
+    const args = [CHILD, dir, String(RECORDS_PER_CHILD), String(JOURNAL_BYTES), mode];
+    const child = spawn(process.execPath, args, {
       stdio: ["ignore", "pipe", "pipe"],
     });
     children.add(child);
@@ -69,7 +75,8 @@ test("every record acknowledged before kill -9 survives, across repeated crashes
 
   for (let round = 0; round < ROUNDS; round++) {
     // Different kill points per round: early (first batches), and deeper into the run.
-    const acked = await runAndKill(dir, [1, 37, 250, 900][round]!);
+    // Syncs on the writer's thread (a follower's votes) and on the thread pool (a master's), in turn.
+    const acked = await runAndKill(dir, [1, 37, 250, 900][round]!, round % 2 === 0 ? "inline" : "background");
     assert.ok(acked.length > 0);
     allAcked.push(...acked);
     const highest = Math.max(...allAcked);

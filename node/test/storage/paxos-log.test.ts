@@ -374,3 +374,84 @@ describe("PaxosLog close", () => {
     });
   });
 });
+
+describe("PaxosLog vote journal", () => {
+  function bigRecord(instance: number, bytes: number): LogRecord {
+    return {
+      instance,
+      ballot: B1,
+      chosen: true,
+      value: {
+        kind: "commands",
+        id: `big${instance}`,
+        commands: [new Uint8Array(bytes).fill(instance & 0xff)],
+      },
+    };
+  }
+
+  test("a small journal wraps and is released many times; a batch too large for it goes to RocksDB", async () => {
+    const dir = await tempDir();
+    const syncs: number[] = [];
+    const log = await PaxosLog.open(
+      dir,
+      { onSync: (_s, records) => syncs.push(records) },
+      { journalBytes: 16 * 1024 },
+    );
+    try {
+      for (let i = 0; i < 300; i++) {
+        await log.persist({
+          promised: { counter: i + 1, member: "n1" },
+          records: [rec(i, true)],
+          chosenUpTo: i,
+        });
+      }
+      // 10 KiB: more than a quarter of the journal.
+      await log.persist({ records: [bigRecord(300, 10 * 1024)], chosenUpTo: 300 });
+      await log.persist({ records: [rec(301, false)] });
+      assert.equal(syncs.length, 302);
+    } finally {
+      await log.close();
+    }
+    await withLog(dir, async (reopened) => {
+      const state = await reopened.recover();
+      assert.deepEqual(state.promised, { counter: 300, member: "n1" });
+      assert.equal(state.chosenUpTo, 300);
+      assert.deepEqual(state.unchosen, [rec(301, false)]);
+      const entries = await collect(reopened.replay(0, 300));
+      assert.equal(entries.length, 301);
+      assert.deepEqual(entries[300], { instance: 300, value: bigRecord(300, 10 * 1024).value });
+    });
+  });
+
+  test("synced persists in the background share fdatasyncs and are readable at once", async () => {
+    const dir = await tempDir();
+    const syncs: number[] = [];
+    await withLog(dir, async () => {});
+    const log = await PaxosLog.open(dir, { onSync: (_s, records) => syncs.push(records) });
+    try {
+      const first = log.persist({ records: [rec(0, true)], chosenUpTo: 0 }, { background: true });
+      await new Promise((resolve) => setImmediate(resolve));
+      const rest = Array.from({ length: 40 }, (_, i) =>
+        log.persist({ records: [rec(i + 1, true)], chosenUpTo: i + 1 }, { background: true }),
+      );
+      await Promise.all([first, ...rest]);
+      assert.ok(syncs.length <= 5, `expected a handful of background syncs, saw ${syncs.length}`);
+      assert.equal(
+        syncs.reduce((a, b) => a + b, 0),
+        41,
+      );
+      assert.equal((await log.readChosen(0, 100, 1 << 20)).length, 41);
+    } finally {
+      await log.close();
+    }
+  });
+
+  test("a log whose journal file disappeared refuses to open", async () => {
+    const dir = await tempDir();
+    await withLog(dir, async (log) => {
+      await log.persist({ records: [rec(0, true)], chosenUpTo: 0 });
+    });
+    await rm(path.join(dir, "votes.journal"));
+    await assert.rejects(PaxosLog.open(dir), CorruptRecordError);
+  });
+});
