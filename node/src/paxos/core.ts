@@ -79,6 +79,14 @@ export interface CoreOptions {
   /** Instances a master keeps in flight at once (at most `activationDelay`). */
   window?: number;
   /**
+   * Set when this member lost its acceptor state, or never had any, while the group ran and listed
+   * it as a voter: it neither promises nor campaigns until it has learned every instance up to this
+   * one, because a promise would report none of the votes it forgot (README, "A voter without its
+   * state"). It still votes on `accept`s, at ballots at or above the promised ballot it starts with.
+   * -1 (the default) for a member with its state.
+   */
+  abstainUntil?: number;
+  /**
    * A configuration chosen at instance k governs the instances from k + activationDelay on. A
    * protocol constant of the group: every member must use the same value, so the runtime leaves
    * it at its default. Tests set it small to exercise changes.
@@ -324,6 +332,20 @@ export interface CoreStatus {
   readonly configuration: ConfigurationStatus;
   /** Every member of the configurations in force or pending. */
   readonly members: readonly MemberStatus[];
+  /** While this member rejoins without its state: the instance it must learn before it votes. */
+  readonly abstainingUntil: number | null;
+}
+
+/** What a member tells one that rejoins without its state (see CoreOptions.abstainUntil). */
+export interface RejoinAnswer {
+  /** The highest ballot this member has promised. */
+  readonly promised: Ballot;
+  /**
+   * The highest instance this member has voted on or knows to be chosen. A value chosen with the
+   * rejoining member's forgotten vote was voted on by the rest of its quorum, which meets any set
+   * of answers that meets every majority.
+   */
+  readonly highestInstance: number;
 }
 
 function emptyReady(): Ready {
@@ -351,6 +373,7 @@ export class PaxosCore {
   readonly self: MemberId;
   private readonly timing: Timing;
   private readonly window: number;
+  private readonly abstainUntil: number;
   private readonly activationDelay: number;
   private readonly maxBatchCommands: number;
   private readonly maxBatchBytes: number;
@@ -424,6 +447,7 @@ export class PaxosCore {
     // A master must know the configuration of every instance it proposes: it never runs further
     // ahead of its contiguous chosen point than the activation delay.
     this.window = Math.min(opts.window ?? 32, this.activationDelay);
+    this.abstainUntil = opts.abstainUntil ?? -1;
     this.maxBatchCommands = opts.maxBatchCommands ?? 256;
     this.maxBatchBytes = opts.maxBatchBytes ?? 4 * 1024 * 1024;
     this.maxQueuedCommands = opts.maxQueuedCommands ?? 100_000;
@@ -542,7 +566,24 @@ export class PaxosCore {
         activationDelay: this.activationDelay,
       },
       members,
+      abstainingUntil: this.abstaining ? this.abstainUntil : null,
     };
+  }
+
+  /** For a member that rejoins without its state: see CoreOptions.abstainUntil. */
+  rejoinAnswer(): RejoinAnswer {
+    let highest = Math.max(this.chosenUpTo, this.knownChosenUpTo);
+    for (const instance of this.votes.keys()) highest = Math.max(highest, instance);
+    for (const instance of this.chosenAhead.keys()) highest = Math.max(highest, instance);
+    return { promised: this.promised, highestInstance: highest };
+  }
+
+  /**
+   * Rejoining without its state: it may have voted for a value before and no longer knows it, so a
+   * promise now could let a new master miss a value that is chosen.
+   */
+  private get abstaining(): boolean {
+    return this.chosenUpTo < this.abstainUntil;
   }
 
   /** This member's role, without building the whole status(). */
@@ -620,7 +661,7 @@ export class PaxosCore {
 
   /** Learners never campaign, nor does a member that is a voter in no configuration it knows of. */
   private mayCampaign(): boolean {
-    return this.liveConfigs().some((c) => isVoter(c, this.self));
+    return !this.abstaining && this.liveConfigs().some((c) => isVoter(c, this.self));
   }
 
   /** False when this member knows it is no voter at `instance`: it then does not vote there. */
@@ -828,6 +869,8 @@ export class PaxosCore {
   }
 
   private onPrepare(from: MemberId, ballot: Ballot, fromInstance: number): void {
+    // A promise would report none of the votes this member forgot: it answers nothing, as if down.
+    if (this.abstaining) return;
     const cmp = compareBallots(ballot, this.promised);
     // A retransmitted prepare for the ballot already promised is answered again.
     if (cmp < 0 || (cmp === 0 && ballot.member !== from)) return this.reject(from, ballot);
@@ -1172,7 +1215,8 @@ export class PaxosCore {
   }
 
   private maybeLearn(): void {
-    if (this.knownChosenUpTo <= this.chosenUpTo) return;
+    // Abstaining, it learns up to abstainUntil even with no master to tell it what is chosen.
+    if (this.knownChosenUpTo <= this.chosenUpTo && !this.abstaining) return;
     const from = this.chosenUpTo + 1;
     // A master never learns what its own ballot decides: its commit notices must only ever
     // cover values it drove through phase 2 itself.

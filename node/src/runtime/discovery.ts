@@ -5,13 +5,21 @@
 // until the group promotes it). When a majority of the members in `--peers`, itself included,
 // answer that they have no state either, the group is being founded and it founds it with them.
 // While it asks, it answers the same question from the others on its own peer port.
+//
+// A member with no state that the running group lists as a voter has lost its state, or is a
+// founder that starts late; either way it may have promised and voted before. It keeps asking until
+// enough of the other voters have answered that every majority of the group has one of them among
+// its other members (voters - majority + 1 of them), and rejoins with the highest ballot they
+// promised and the highest instance they have voted on or know chosen (README, "A voter without its
+// state").
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import WebSocket, { WebSocketServer } from "ws";
-import type { Member } from "../paxos/types.js";
+import { majority, votersOf } from "../paxos/config.js";
+import { type Ballot, compareBallots, type Member, ZERO_BALLOT } from "../paxos/types.js";
 import { MEMBER_HEADER } from "../transport/peer-transport.js";
 
 export const GROUP_PATH = "/paxos/group/v1";
@@ -20,11 +28,23 @@ export interface GroupAnswer {
   /** False from a member that has no state yet (it is founding or joining too). */
   readonly established: boolean;
   readonly members: readonly Member[];
+  /** An established member's highest promised ballot (absent from members of older versions). */
+  readonly promised?: Ballot;
+  /** An established member's highest instance voted on or known chosen. */
+  readonly highestInstance?: number;
+}
+
+/** What a voter without its state starts with: see CoreOptions.abstainUntil. */
+export interface Rejoin {
+  readonly promised: Ballot;
+  readonly abstainUntil: number;
+  /** The voters whose answers these are. */
+  readonly from: readonly string[];
 }
 
 export type Discovery =
   | { readonly founding: true }
-  | { readonly founding: false; readonly members: readonly Member[] };
+  | { readonly founding: false; readonly members: readonly Member[]; readonly rejoin: Rejoin | null };
 
 const ASK_TIMEOUT_MS = 2000;
 const RETRY_MS = 500;
@@ -53,7 +73,11 @@ export async function discoverGroup(opts: {
     for (;;) {
       const answers = await Promise.all(seeds.map(([, address]) => ask(address, opts).catch(() => null)));
       const established = answers.find((a) => a?.established);
-      if (established) return { founding: false, members: established.members };
+      if (established) {
+        const self = established.members.find((m) => m.name === opts.self);
+        if (self?.role !== "voter") return { founding: false, members: established.members, rejoin: null };
+        return { founding: false, members: established.members, rejoin: await askVoters(established, opts) };
+      }
       const fresh = answers.filter((a) => a !== null && !a.established).length + 1;
       if (fresh >= needed) return { founding: true };
       if (performance.now() - lastLog > PROGRESS_LOG_MS) {
@@ -67,6 +91,47 @@ export async function discoverGroup(opts: {
     }
   } finally {
     await stopServing();
+  }
+}
+
+/**
+ * Asks the other voters of `found`'s configuration until enough of them have answered (see the
+ * top of this file). Waits as long as it takes: voting with less would be unsafe.
+ */
+async function askVoters(
+  found: GroupAnswer,
+  opts: { self: string; token?: string; logger: Logger },
+): Promise<Rejoin> {
+  const config = { members: found.members };
+  const voters = found.members.filter((m) => m.role === "voter" && m.name !== opts.self);
+  const needed = votersOf(config).length - majority(config) + 1;
+  const answered = new Map<string, GroupAnswer>();
+  let lastLog = performance.now();
+  for (;;) {
+    const missing = voters.filter((v) => !answered.has(v.name));
+    const answers = await Promise.all(missing.map((v) => ask(v.address, opts).catch(() => null)));
+    missing.forEach((v, i) => {
+      const a = answers[i];
+      if (a?.established && a.promised !== undefined && a.highestInstance !== undefined)
+        answered.set(v.name, a);
+    });
+    if (answered.size >= needed) {
+      let promised = ZERO_BALLOT;
+      let abstainUntil = -1;
+      for (const a of answered.values()) {
+        if (compareBallots(a.promised!, promised) > 0) promised = a.promised!;
+        abstainUntil = Math.max(abstainUntil, a.highestInstance!);
+      }
+      return { promised, abstainUntil, from: [...answered.keys()] };
+    }
+    if (performance.now() - lastLog > PROGRESS_LOG_MS) {
+      lastLog = performance.now();
+      opts.logger.warn(
+        { answered: [...answered.keys()], needed, voters: voters.map((v) => v.name) },
+        "no state here, but the group lists this member as a voter: waiting for enough of the other voters to answer before rejoining",
+      );
+    }
+    await new Promise((r) => setTimeout(r, RETRY_MS));
   }
 }
 

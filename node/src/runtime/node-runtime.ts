@@ -27,7 +27,7 @@ import { PaxosLog, type RecoveredLogState } from "../storage/paxos-log.js";
 import { isCoreMessage, type PeerMessage } from "../transport/peer-message.js";
 import { PeerTransport } from "../transport/peer-transport.js";
 import { CheckpointDriver } from "./checkpoints.js";
-import { answerGroup, discoverGroup, GROUP_PATH } from "./discovery.js";
+import { answerGroup, discoverGroup, GROUP_PATH, type Rejoin } from "./discovery.js";
 import { AdminRefusal, membershipRoutes } from "./membership.js";
 import { PendingRequests, ProgressWaiters } from "./waiters.js";
 
@@ -135,6 +135,7 @@ export class NodeRuntime implements KvService {
       random: Math.random,
       now: performance.now(),
       recovered,
+      abstainUntil: recovered.abstainUntil,
       ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
       ...(opts.window !== undefined ? { window: opts.window } : {}),
     });
@@ -166,7 +167,7 @@ export class NodeRuntime implements KvService {
         [GROUP_PATH]: (ws) => {
           const s = this.core.status();
           const established = s.chosenUpTo >= 0 || s.master !== null || s.promised.counter > 0;
-          answerGroup(ws, { established, members: s.configuration.members });
+          answerGroup(ws, { established, members: s.configuration.members, ...this.core.rejoinAnswer() });
         },
       },
     });
@@ -255,8 +256,22 @@ export class NodeRuntime implements KvService {
         recovered.unchosen.length === 0 &&
         sm.lastExecutedInstance() === -1 &&
         store.instanceId() === -1;
-      const initial = fresh ? await initialMembership(opts) : foundingMembership(opts);
-      return new NodeRuntime(opts, paxosLog, sm, recovered, replayed, store, cleaner, initial);
+      const joining = fresh
+        ? await initialMembership(opts)
+        : { membership: foundingMembership(opts), rejoin: null };
+      let state = recovered;
+      if (joining.rejoin !== null) {
+        // Written before the core starts: a crash from here on restarts with it, not as "fresh".
+        const { promised, abstainUntil, from } = joining.rejoin;
+        await paxosLog.persist({ promised, records: [], ...(abstainUntil >= 0 ? { abstainUntil } : {}) });
+        state = { ...recovered, promised, abstainUntil };
+        log.warn(
+          { promised, abstainUntil, answeredBy: from },
+          "no state here, but the group lists this member as a voter: rejoining with the promised ballot " +
+            "of the other voters, and promising nothing until every instance up to abstainUntil is learned",
+        );
+      }
+      return new NodeRuntime(opts, paxosLog, sm, state, replayed, store, cleaner, joining.membership);
     } catch (e) {
       await sm?.close();
       await paxosLog?.close();
@@ -654,6 +669,7 @@ export class NodeRuntime implements KvService {
         checkpoint: this.sm.getCheckpointInstanceId(),
         minKept: this.checkpoints.minKept(),
         replayedOnStart: this.replayedOnStart,
+        abstainUntil: s.abstainingUntil,
       },
       cleaner: this.checkpoints.cleanerStatus(),
       transfer: this.checkpoints.transferStatus(),
@@ -802,8 +818,13 @@ function foundingMembership(opts: RuntimeOptions): InitialMembership {
   return { voters: [...opts.peers.keys()], learners: [], addresses: opts.peers };
 }
 
-/** A member without state asks its seeds whether it founds the group or joins a running one. */
-async function initialMembership(opts: RuntimeOptions): Promise<InitialMembership> {
+/**
+ * A member without state asks its seeds whether it founds the group or joins a running one, and,
+ * when the running group lists it as a voter, what it must rejoin with.
+ */
+async function initialMembership(
+  opts: RuntimeOptions,
+): Promise<{ membership: InitialMembership; rejoin: Rejoin | null }> {
   const found = await discoverGroup({
     self: opts.member,
     peers: opts.peers,
@@ -812,19 +833,13 @@ async function initialMembership(opts: RuntimeOptions): Promise<InitialMembershi
     ...(opts.token !== undefined ? { token: opts.token } : {}),
     logger: opts.logger,
   });
-  if (found.founding) return foundingMembership(opts);
+  if (found.founding) return { membership: foundingMembership(opts), rejoin: null };
   const members = found.members;
   const addresses = new Map(members.map((m) => [m.name, m.address]));
   const own = opts.peers.get(opts.member);
   if (own !== undefined && !addresses.has(opts.member)) addresses.set(opts.member, own);
   const self = members.find((m) => m.name === opts.member);
-  if (self?.role === "voter") {
-    // A founding member that starts after the others elected a master looks exactly like this.
-    // (A voter that lost its data would too, and must not vote: remove and re-add it instead.)
-    opts.logger.warn(
-      "no state here, but the running group lists this member as a voter: joining as that voter",
-    );
-  } else {
+  if (self?.role !== "voter") {
     opts.logger.info(
       { voters: members.filter((m) => m.role === "voter").map((m) => m.name) },
       "joining a running group as a learner; it must add and promote this member",
@@ -832,5 +847,6 @@ async function initialMembership(opts: RuntimeOptions): Promise<InitialMembershi
   }
   const learners = members.filter((m) => m.role === "learner").map((m) => m.name);
   if (self === undefined) learners.push(opts.member);
-  return { voters: members.filter((m) => m.role === "voter").map((m) => m.name), learners, addresses };
+  const voters = members.filter((m) => m.role === "voter").map((m) => m.name);
+  return { membership: { voters, learners, addresses }, rejoin: found.rejoin };
 }

@@ -38,6 +38,11 @@ export interface NodeStatus {
     readonly checkpoint: number;
     readonly minKept: number;
     readonly replayedOnStart: number;
+    /**
+     * While this member rejoins without its state (a voter whose data is gone): it promises nothing
+     * until it has learned every instance up to this one. null otherwise.
+     */
+    readonly abstainUntil: number | null;
   };
   readonly cleaner: {
     readonly state: "running" | "paused";

@@ -4,6 +4,7 @@
 //   "L" + 8-byte big-endian instance -> framed encodeRecord(record)   (byte order = instance order)
 //   "Mpromised"                      -> framed writeBallot(promised)
 //   "MchosenUpTo"                    -> framed 8-byte big-endian instance (absent = -1)
+//   "MabstainUntil"                  -> framed 8-byte big-endian instance: see CoreOptions.abstainUntil
 //   "Mjournal"                       -> framed 8-byte seq + 8-byte offset: where the vote journal's
 //                                       records not yet durable in RocksDB start
 // Every value carries a CRC32 (framing.ts) that is checked on every read.
@@ -39,6 +40,8 @@ export interface PersistBatch {
   promised?: Ballot;
   records: readonly LogRecord[];
   chosenUpTo?: number;
+  /** Written once, before the core starts, by a member that rejoins without its state. */
+  abstainUntil?: number;
 }
 
 export interface RecoveredLogState {
@@ -50,6 +53,8 @@ export interface RecoveredLogState {
   minInstance: number;
   /** Every record above chosenUpTo, in instance order (chosen ones beyond a gap included). */
   unchosen: LogRecord[];
+  /** Set by a member that rejoined without its state (see CoreOptions.abstainUntil); -1 when none. */
+  abstainUntil: number;
 }
 
 export interface DeleteBelowResult {
@@ -84,6 +89,7 @@ const LOG_END = Buffer.from("M");
 const META_PROMISED = Buffer.from("Mpromised");
 const META_CHOSEN_UP_TO = Buffer.from("MchosenUpTo");
 const META_JOURNAL = Buffer.from("Mjournal");
+const META_ABSTAIN_UNTIL = Buffer.from("MabstainUntil");
 
 function logKey(instance: number): Buffer {
   const key = Buffer.allocUnsafe(9);
@@ -392,12 +398,16 @@ export class PaxosLog {
       else unchosen.push(rec);
     }
 
+    const abstainBytes = await this.readMeta(META_ABSTAIN_UNTIL);
+    const abstainUntil =
+      abstainBytes === undefined ? -1 : decodeInstance(abstainBytes, "PaxosLog meta abstainUntil");
+
     let minInstance = chosenUpTo + 1;
     for await (const [key] of this.store.iterate({ gte: Buffer.from([LOG_PREFIX]), lt: LOG_END, limit: 1 })) {
       minInstance = decodeInstance(key.subarray(1), "PaxosLog key");
     }
     this.lowest = minInstance;
-    return { promised, chosenUpTo, minInstance, unchosen };
+    return { promised, chosenUpTo, minInstance, unchosen, abstainUntil };
   }
 
   /**
@@ -654,6 +664,10 @@ function encodeBatch(batch: PersistBatch): StoreOp[] {
   }
   for (const rec of batch.records) {
     ops.push({ type: "put", key: logKey(rec.instance), value: frame(encodeRecord(rec)) });
+  }
+  if (batch.abstainUntil !== undefined) {
+    checkInstance("abstainUntil", batch.abstainUntil, 0);
+    ops.push({ type: "put", key: META_ABSTAIN_UNTIL, value: frame(encodeInstance(batch.abstainUntil)) });
   }
   if (batch.chosenUpTo !== undefined) {
     checkInstance("chosenUpTo", batch.chosenUpTo, -1);

@@ -45,6 +45,7 @@ export interface StatusJson {
     checkpoint: number;
     minKept: number;
     replayedOnStart: number;
+    abstainUntil: number | null;
   };
   cleaner: { state: string; until: string | null; holdCount: number };
   transfer: { receiving: { from: string; bytes: number } | null; sending: unknown[] };

@@ -1,7 +1,9 @@
-// Three real members on 127.0.0.1: kill -9 a follower and the master under load, restart all.
+// Three real members on 127.0.0.1: kill -9 a follower and the master under load, restart all, and
+// lose a follower's data directory.
 // Acknowledged writes must never be lost, and restarted members must serve the same data.
 
 import assert from "node:assert/strict";
+import { rm } from "node:fs/promises";
 import { after, before, test } from "node:test";
 import { assertAllReadable, Cluster, Writers, waitCaughtUp, waitFor } from "./cluster.js";
 
@@ -99,4 +101,58 @@ test("restart all three: data intact, replay bounded by what the state machine l
   for (const m of cluster.members) await assertAllReadable(cluster, m.name, writers.acknowledged);
   const s = await cluster.status(newMaster);
   assert.ok(s !== null && s.instances.chosen >= 0);
+});
+
+test("a voter whose data directory is lost rejoins: it promises nothing until it has learned what the others had", async () => {
+  const master = await cluster.waitForMaster();
+  const follower = cluster.members.find((m) => m.name !== master)!;
+  const writers = new Writers(cluster, 2);
+  await waitFor(30_000, "some writes", async () => (writers.acknowledged.size >= 100 ? true : undefined));
+  await cluster.kill(follower.name);
+  const chosenAtLoss = (await cluster.status(master))!.instances.chosen;
+  await rm(follower.dataDir, { recursive: true, force: true });
+  cluster.startMember(follower.name);
+
+  await waitFor(60_000, "the rejoined member to catch up and stop abstaining", async () => {
+    const s = await cluster.status(follower.name);
+    return s !== null && s.instances.abstainUntil === null && s.instances.chosen >= chosenAtLoss
+      ? true
+      : undefined;
+  });
+  await writers.stop();
+  await waitCaughtUp(cluster, follower.name, master);
+  await assertAllReadable(cluster, follower.name, writers.acknowledged, true);
+
+  // A full voter again: with the master gone, no master can be elected without its promise.
+  await cluster.kill(master);
+  const survivors = cluster.members.filter((m) => m.name !== master).map((m) => m.name);
+  const newMaster = await cluster.waitForMaster(30_000, survivors);
+  assert.equal((await cluster.put(newMaster, "after-rejoin", "ok")).status, 200);
+
+  // What it rejoined with (its log is complete once it has stopped): the answers of both other
+  // voters, since every majority of three has one of them, and a bound covering what was chosen.
+  await cluster.stop(follower.name);
+  const line = cluster
+    .logs(follower.name)
+    .split("\n")
+    .find((l) => l.includes("the group lists this member as a voter: rejoining"));
+  assert.ok(line !== undefined, "the rejoin is logged");
+  const rejoin = JSON.parse(line) as {
+    abstainUntil: number;
+    answeredBy: string[];
+    promised: { counter: number };
+  };
+  assert.ok(rejoin.abstainUntil >= chosenAtLoss, `abstainUntil ${rejoin.abstainUntil} < ${chosenAtLoss}`);
+  assert.deepEqual(
+    [...rejoin.answeredBy].sort(),
+    cluster.members
+      .filter((m) => m.name !== follower.name)
+      .map((m) => m.name)
+      .sort(),
+  );
+  assert.ok(rejoin.promised.counter > 0);
+  cluster.startMember(follower.name);
+  cluster.startMember(master);
+  await waitCaughtUp(cluster, master, newMaster);
+  await waitCaughtUp(cluster, follower.name, newMaster);
 });

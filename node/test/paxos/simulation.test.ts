@@ -1,13 +1,15 @@
 // Seeded whole-group simulations of the core. `SEED=n npm run test:sim` reruns one seed with its
-// trace (add `SIM_MEMBERSHIP=1` for a seed of the membership run); SIM_SEEDS and
-// SIM_MEMBERSHIP_SEEDS change how many seeds each run covers.
+// trace (add `SIM_MEMBERSHIP=1` for a seed of the membership run, `SIM_AMNESIA=protected` or
+// `unprotected` for lost disks); SIM_SEEDS, SIM_MEMBERSHIP_SEEDS and SIM_AMNESIA_SEEDS change how
+// many seeds each run covers.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { runSimulation, type SimOptions } from "./simulation.js";
+import { InvariantViolation, runSimulation, type SimOptions } from "./simulation.js";
 
 const SEEDS = Number(process.env.SIM_SEEDS ?? 2000);
 const MEMBERSHIP_SEEDS = Number(process.env.SIM_MEMBERSHIP_SEEDS ?? 500);
+const AMNESIA_SEEDS = Number(process.env.SIM_AMNESIA_SEEDS ?? 300);
 
 function fixedOptions(seed: number): SimOptions {
   return { seed, members: seed % 2 === 0 ? 3 : 5, faultsUntil: 2000, duration: 4000 };
@@ -29,7 +31,10 @@ const only = process.env.SEED;
 if (only !== undefined) {
   test(`simulation: seed ${only}`, () => {
     const seed = Number(only);
-    const options = process.env.SIM_MEMBERSHIP === "1" ? membershipOptions(seed) : fixedOptions(seed);
+    const base = process.env.SIM_MEMBERSHIP === "1" ? membershipOptions(seed) : fixedOptions(seed);
+    const amnesia = process.env.SIM_AMNESIA;
+    const options: SimOptions =
+      amnesia === "protected" || amnesia === "unprotected" ? { ...base, amnesia } : base;
     const result = runSimulation({ ...options, trace: (line) => console.log(line) });
     console.log(result);
   });
@@ -69,5 +74,32 @@ if (only !== undefined) {
     assert.deepEqual([...kinds].sort(), ["addLearner", "promote", "remove"]);
     assert.ok(transfers > MEMBERSHIP_SEEDS / 4, `only ${transfers} handovers`);
     assert.ok(removedMaster > MEMBERSHIP_SEEDS / 10, `the master was removed in only ${removedMaster} runs`);
+  });
+
+  test("simulation: voters that lose their disk rejoin without breaking safety or progress", () => {
+    let acknowledged = 0;
+    for (let seed = 1; seed <= AMNESIA_SEEDS; seed++) {
+      acknowledged += runSimulation({ ...fixedOptions(seed), amnesia: "protected" }).acknowledged;
+      acknowledged += runSimulation({ ...membershipOptions(seed), amnesia: "protected" }).acknowledged;
+    }
+    assert.ok(acknowledged > AMNESIA_SEEDS * 100, `only ${acknowledged} acknowledged writes`);
+  });
+
+  test("simulation: without the rejoin rule, the same lost disks break safety", () => {
+    // The control for the test above: its fault model does reach the hazard the rule prevents.
+    const violations: string[] = [];
+    for (let seed = 1; seed <= AMNESIA_SEEDS && violations.length < 3; seed++) {
+      try {
+        runSimulation({ ...fixedOptions(seed), amnesia: "unprotected" });
+      } catch (err) {
+        if (!(err instanceof InvariantViolation)) throw err;
+        violations.push(err.message);
+      }
+    }
+    assert.ok(violations.length > 0, `no seed of ${AMNESIA_SEEDS} broke safety without the rule`);
+    assert.ok(
+      violations.some((v) => /chosen twice/.test(v)),
+      `expected a value chosen twice among: ${violations.join("; ")}`,
+    );
   });
 }

@@ -17,7 +17,7 @@ import type {
   MemberId,
   Value,
 } from "../../src/paxos/types.js";
-import { ZERO_BALLOT } from "../../src/paxos/types.js";
+import { compareBallots, ZERO_BALLOT } from "../../src/paxos/types.js";
 
 /** mulberry32: small, fast, and good enough to drive a simulation reproducibly. */
 export class Rng {
@@ -61,6 +61,12 @@ export interface SimOptions {
   membership?: boolean;
   /** The core's activation delay (the window is 8); by default the core's own. */
   activationDelay?: number;
+  /**
+   * Some crashes also lose the member's disk: it restarts empty and rejoins as the runtime does,
+   * abstaining until it has learned what a minority-proof set of the other voters knows
+   * ("protected"), or, to show what that rule prevents, straight back as a voter ("unprotected").
+   */
+  amnesia?: "protected" | "unprotected";
   trace?: (line: string) => void;
 }
 
@@ -126,6 +132,8 @@ interface DurableLog {
   promised: Ballot;
   chosenUpTo: number;
   records: Map<number, LogRecord>;
+  /** Written before a member that lost its disk starts again (see CoreOptions.abstainUntil). */
+  abstainUntil: number;
 }
 
 interface SimMember {
@@ -133,6 +141,10 @@ interface SimMember {
   /** What the member is started with: the voters it knows of, and itself as a learner if it joined. */
   readonly initialVoters: readonly MemberId[];
   readonly joined: boolean;
+  /** After it lost its disk: the configuration the running group told it about, which it starts with. */
+  rejoinConfig: Configuration | null;
+  /** Lost its disk and has not started since. */
+  lostDisk: boolean;
   core: PaxosCore | null;
   /** Bumped on every crash: completions scheduled by an earlier life are ignored. */
   life: number;
@@ -194,9 +206,11 @@ export function runSimulation(opts: SimOptions): SimResult {
       name,
       initialVoters,
       joined,
+      rejoinConfig: null,
+      lostDisk: false,
       core: null,
       life: 0,
-      durable: { promised: ZERO_BALLOT, chosenUpTo: -1, records: new Map() },
+      durable: { promised: ZERO_BALLOT, chosenUpTo: -1, records: new Map(), abstainUntil: -1 },
       unsynced: [],
       pipelineTail: 0,
       executed: -1,
@@ -300,11 +314,22 @@ export function runSimulation(opts: SimOptions): SimResult {
         configurations.push({ instance: rec.instance, config: rec.value.config });
       }
     }
+    const rejoin = m.rejoinConfig;
+    const voters = rejoin === null ? m.initialVoters : votersOf(rejoin);
+    const learners =
+      rejoin === null
+        ? m.joined
+          ? [m.name]
+          : []
+        : rejoin.members.filter((x) => x.role === "learner").map((x) => x.name);
+    // Not in the group's configuration any more: it joins as a new member would, as a learner.
+    if (!voters.includes(m.name) && !learners.includes(m.name)) learners.push(m.name);
     m.core = new PaxosCore({
       self: m.name,
-      voters: m.initialVoters,
-      ...(m.joined ? { learners: [m.name] } : {}),
-      addresses: Object.fromEntries([m.name, ...m.initialVoters].map((n) => [n, addressOf(n)])),
+      voters,
+      learners,
+      addresses: Object.fromEntries([m.name, ...voters, ...learners].map((n) => [n, addressOf(n)])),
+      abstainUntil: m.durable.abstainUntil,
       configurations,
       incarnation: String(m.life),
       random: () => rng.next(),
@@ -318,6 +343,67 @@ export function runSimulation(opts: SimOptions): SimResult {
     m.pipelineTail = now;
     trace?.(`${now.toFixed(2)} ${m.name} start life=${m.life} chosenUpTo=${m.durable.chosenUpTo}`);
     scheduleTick(m, m.life);
+  }
+
+  /**
+   * A member that lost its disk starts again as the runtime's discovery has it: the group lists it
+   * as a voter, so it asks voters that answer for their promised ballot and highest instance, as
+   * many as it takes to meet every majority's other members, and persists the highest of each before
+   * its core starts.
+   */
+  function rejoinEmpty(m: SimMember): void {
+    const config = latestGlobalConfig();
+    m.rejoinConfig = config;
+    m.lostDisk = false;
+    if (opts.amnesia === "protected" && votersOf(config).includes(m.name)) {
+      const others = votersOf(config).filter((n) => n !== m.name);
+      const needed = votersOf(config).length - majority(config) + 1;
+      const asked: MemberId[] = [];
+      while (asked.length < needed) asked.push(rng.pick(others.filter((n) => !asked.includes(n))));
+      for (const name of asked) {
+        const other = members.get(name)!;
+        const answer = other.core?.rejoinAnswer() ?? {
+          promised: other.durable.promised,
+          highestInstance: Math.max(other.durable.chosenUpTo, ...other.durable.records.keys()),
+        };
+        if (compareBallots(answer.promised, m.durable.promised) > 0) m.durable.promised = answer.promised;
+        m.durable.abstainUntil = Math.max(m.durable.abstainUntil, answer.highestInstance);
+      }
+      trace?.(
+        `${now.toFixed(2)} ${m.name} rejoins empty: asked ${asked.join(",")}, promised ` +
+          `${JSON.stringify(m.durable.promised)}, abstains until ${m.durable.abstainUntil}`,
+      );
+    }
+    start(m);
+  }
+
+  /**
+   * With two voters, a member rejoining without its disk needs the other to finish what it had in
+   * flight; should that one crash first, both wait for each other (see the core's README).
+   */
+  function withoutTwoVoters(): boolean {
+    return votersOf(latestGlobalConfig()).length !== 2;
+  }
+
+  function anyoneRejoining(): boolean {
+    return [...members.values()].some(
+      (x) =>
+        x.lostDisk ||
+        (x.core !== null
+          ? x.core.status().abstainingUntil !== null
+          : x.durable.chosenUpTo < x.durable.abstainUntil),
+    );
+  }
+
+  /** The disk is gone too: acceptor state, chosen log and state machine. */
+  function wipe(m: SimMember): void {
+    trace?.(`${now.toFixed(2)} ${m.name} LOSES ITS DISK`);
+    m.durable.promised = ZERO_BALLOT;
+    m.durable.chosenUpTo = -1;
+    m.durable.records.clear();
+    m.durable.abstainUntil = -1;
+    m.executed = -1;
+    m.lostDisk = true;
   }
 
   function crash(m: SimMember): void {
@@ -634,9 +720,15 @@ export function runSimulation(opts: SimOptions): SimResult {
       const m = master !== undefined && rng.chance(0.5) ? master : members.get(rng.pick(allNames()))!;
       if (m.core !== null) {
         crash(m);
+        // One lost disk at a time: with two voters of three gone, values only they held may be
+        // lost, and the survivors rightly wait rather than decide again.
+        if (opts.amnesia !== undefined && rng.chance(0.3) && !anyoneRejoining() && withoutTwoVoters())
+          wipe(m);
         const downFor = rng.between(10, 400);
         queue.push(now + downFor, () => {
-          if (m.core === null) start(m);
+          if (m.core !== null) return;
+          if (m.lostDisk) rejoinEmpty(m);
+          else start(m);
         });
       }
     } else if (roll < 0.5) {
@@ -667,7 +759,11 @@ export function runSimulation(opts: SimOptions): SimResult {
     lossRate = 0;
     dupRate = 0;
     trace?.(`${now.toFixed(2)} faults stop`);
-    for (const m of members.values()) if (m.core === null && m.life > 0) start(m);
+    for (const m of members.values()) {
+      if (m.core !== null || m.life === 0) continue;
+      if (m.lostDisk) rejoinEmpty(m);
+      else start(m);
+    }
   });
 
   for (;;) {

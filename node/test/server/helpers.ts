@@ -14,7 +14,14 @@ export const STATUS: NodeStatus = {
     { name: "kv-1", address: "kv-1.kv-peers:7070", role: "voter", lag: 3 },
     { name: "kv-2", address: "kv-2.kv-peers:7070", role: "learner", lag: null },
   ],
-  instances: { chosen: 42, executed: 41, checkpoint: 30, minKept: 0, replayedOnStart: 11 },
+  instances: {
+    chosen: 42,
+    executed: 41,
+    checkpoint: 30,
+    minKept: 0,
+    replayedOnStart: 11,
+    abstainUntil: null,
+  },
   cleaner: { state: "paused", until: null, holdCount: 100000, lastForcedAt: null },
   transfer: null,
 };

@@ -60,6 +60,7 @@ describe("PaxosLog persist and recover", () => {
         chosenUpTo: -1,
         minInstance: 0,
         unchosen: [],
+        abstainUntil: -1,
       });
     });
   });
@@ -103,6 +104,7 @@ describe("PaxosLog persist and recover", () => {
         chosenUpTo: 0,
         minInstance: 0,
         unchosen: [],
+        abstainUntil: -1,
       });
       assert.deepEqual(await log.readChosen(0, 10, 1 << 20), [{ instance: 0, value: value(0) }]);
     });
@@ -146,6 +148,7 @@ describe("PaxosLog persist and recover", () => {
         chosenUpTo: -1,
         minInstance: 0,
         unchosen: [],
+        abstainUntil: -1,
       });
     });
   });
@@ -282,6 +285,18 @@ describe("PaxosLog group commit", () => {
       assert.equal(state.chosenUpTo, 0);
       assert.deepEqual(await log.readChosen(0, 1, 1 << 20), [{ instance: 0, value: value(0) }]);
       assert.deepEqual(state.unchosen, [rec(1, false)]);
+    });
+  });
+
+  test("the abstain bound of a member that rejoined without its state survives a reopen", async () => {
+    const dir = await tempDir();
+    await withLog(dir, async (log) => {
+      await log.persist({ promised: B2, records: [], abstainUntil: 41 });
+    });
+    await withLog(dir, async (log) => {
+      const state = await log.recover();
+      assert.equal(state.abstainUntil, 41);
+      assert.deepEqual(state.promised, B2);
     });
   });
 

@@ -1,0 +1,119 @@
+import assert from "node:assert/strict";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, test } from "node:test";
+import pino from "pino";
+import { WebSocketServer } from "ws";
+import type { Member } from "../../src/paxos/types.js";
+import {
+  answerGroup,
+  type Discovery,
+  discoverGroup,
+  GROUP_PATH,
+  type GroupAnswer,
+} from "../../src/runtime/discovery.js";
+
+const servers: Server[] = [];
+after(async () => {
+  for (const s of servers) {
+    s.closeAllConnections();
+    await new Promise((resolve) => s.close(resolve));
+  }
+});
+
+/** A peer port that answers the group question with whatever `answer()` returns at the time. */
+async function fakePeer(answer: () => GroupAnswer): Promise<string> {
+  const wss = new WebSocketServer({ noServer: true });
+  const server = createServer();
+  server.on("upgrade", (req, socket, head) => {
+    if (req.url !== GROUP_PATH) return socket.destroy();
+    wss.handleUpgrade(req, socket, head, (ws) => answerGroup(ws, answer()));
+  });
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function discover(self: string, peers: Map<string, string>): Promise<Discovery> {
+  return discoverGroup({
+    self,
+    peers,
+    host: "127.0.0.1",
+    peerPort: await freePort(),
+    logger: pino({ level: "silent" }),
+  });
+}
+
+test("a voter without state waits for 3 of its 4 fellow voters, then rejoins with their highest ballot and instance", async () => {
+  const names = ["v1", "v2", "v3", "v4"];
+  const up = new Set(["v1", "v2"]);
+  const members: Member[] = [{ name: "me", address: "", role: "voter" }];
+  const answers = new Map<string, GroupAnswer>();
+  for (const [i, name] of names.entries()) {
+    const address = await fakePeer(() =>
+      up.has(name) ? answers.get(name)! : { established: false, members: [] },
+    );
+    members.push({ name, address, role: "voter" });
+    answers.set(name, {
+      established: true,
+      members,
+      promised: { counter: 10 + i, member: name },
+      highestInstance: 100 * (i + 1),
+    });
+  }
+  const peers = new Map(members.map((m) => [m.name, m.address] as [string, string]));
+  let settled: Discovery | undefined;
+  const found = discover("me", peers).then((d) => {
+    settled = d;
+    return d;
+  });
+  // Two answers are not enough: a majority of five (the newcomer and two others) could miss both.
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  assert.equal(settled, undefined, "rejoined with two answers");
+  up.add("v3");
+  const d = await found;
+  assert.equal(d.founding, false);
+  assert.ok(!d.founding && d.rejoin !== null);
+  if (d.founding || d.rejoin === null) return;
+  assert.deepEqual(d.rejoin.promised, { counter: 12, member: "v3" });
+  assert.equal(d.rejoin.abstainUntil, 300);
+  assert.deepEqual([...d.rejoin.from].sort(), ["v1", "v2", "v3"]);
+});
+
+test("a member the group lists as a learner, or not at all, joins without the rejoin rule", async () => {
+  const voter = await fakePeer(() => ({
+    established: true,
+    members: [
+      { name: "v1", address: voter, role: "voter" },
+      { name: "me", address: "", role: "learner" },
+    ],
+    promised: { counter: 3, member: "v1" },
+    highestInstance: 7,
+  }));
+  const d = await discover("me", new Map([["v1", voter]]));
+  assert.ok(!d.founding);
+  if (!d.founding) assert.equal(d.rejoin, null);
+});
+
+test("when a majority of --peers has no state either, the group is founded", async () => {
+  const fresh = () => ({ established: false, members: [] });
+  const a = await fakePeer(fresh);
+  const b = await fakePeer(fresh);
+  const d = await discover(
+    "me",
+    new Map([
+      ["me", ""],
+      ["a", a],
+      ["b", b],
+    ]),
+  );
+  assert.equal(d.founding, true);
+});
