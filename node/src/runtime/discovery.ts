@@ -105,6 +105,14 @@ async function askVoters(
   const config = { members: found.members };
   const voters = found.members.filter((m) => m.role === "voter" && m.name !== opts.self);
   const needed = votersOf(config).length - majority(config) + 1;
+  if (voters.length < needed) {
+    // Only a single-voter group gets here: its one voter lost its state, and nobody can say
+    // what it had promised or chosen. Starting anyway could undo acknowledged writes.
+    throw new Error(
+      `${opts.self} is the only voter of a running group and has no state: what it had chosen is ` +
+        "lost unless a learner holds it; refusing to start rather than decide those instances again",
+    );
+  }
   const answered = new Map<string, GroupAnswer>();
   let lastLog = performance.now();
   for (;;) {

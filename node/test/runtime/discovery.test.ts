@@ -117,3 +117,16 @@ test("when a majority of --peers has no state either, the group is founded", asy
   );
   assert.equal(d.founding, true);
 });
+
+test("the only voter of a running group, without its state, refuses to start", async () => {
+  const learner = await fakePeer(() => ({
+    established: true,
+    members: [
+      { name: "me", address: "", role: "voter" },
+      { name: "l1", address: learner, role: "learner" },
+    ],
+    promised: { counter: 2, member: "me" },
+    highestInstance: 9,
+  }));
+  await assert.rejects(discover("me", new Map([["l1", learner]])), /only voter of a running group/);
+});
