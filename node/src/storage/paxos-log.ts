@@ -635,7 +635,7 @@ function encodeOps(ops: readonly StoreOp[]): Uint8Array {
 }
 
 function decodeOps(payload: Uint8Array, where: string): StoreOp[] {
-  try {
+  return decoding(`vote journal ${where}`, () => {
     const r = new Reader(payload);
     const count = r.u32();
     const ops: StoreOp[] = [];
@@ -648,11 +648,7 @@ function decodeOps(payload: Uint8Array, where: string): StoreOp[] {
     }
     r.end();
     return ops;
-  } catch (err) {
-    if (err instanceof CodecError)
-      throw new CorruptRecordError(`vote journal ${where}: ${err.message}`, { cause: err });
-    throw err;
-  }
+  });
 }
 
 function encodeBatch(batch: PersistBatch): StoreOp[] {
@@ -681,14 +677,20 @@ function encodeBatch(batch: PersistBatch): StoreOp[] {
 }
 
 function decodeMeta<T>(what: string, payload: Uint8Array, read: (r: Reader) => T): T {
-  try {
+  return decoding(`PaxosLog meta ${what}`, () => {
     const r = new Reader(payload);
     const v = read(r);
     r.end();
     return v;
+  });
+}
+
+/** Runs a decoder over stored bytes: malformed bytes are a CorruptRecordError naming what was read. */
+function decoding<T>(what: string, decode: () => T): T {
+  try {
+    return decode();
   } catch (err) {
-    if (err instanceof CodecError)
-      throw new CorruptRecordError(`PaxosLog meta ${what}: ${err.message}`, { cause: err });
+    if (err instanceof CodecError) throw new CorruptRecordError(`${what}: ${err.message}`, { cause: err });
     throw err;
   }
 }
@@ -696,13 +698,7 @@ function decodeMeta<T>(what: string, payload: Uint8Array, read: (r: Reader) => T
 function decodeLogEntry(key: Buffer, value: Buffer): LogRecord {
   const instance = decodeInstance(key.subarray(1), `PaxosLog key ${key.toString("hex")}`);
   const what = `PaxosLog record for instance ${instance}`;
-  let rec: LogRecord;
-  try {
-    rec = decodeRecord(unframe(value, what));
-  } catch (err) {
-    if (err instanceof CodecError) throw new CorruptRecordError(`${what}: ${err.message}`, { cause: err });
-    throw err;
-  }
+  const rec = decoding(what, () => decodeRecord(unframe(value, what)));
   if (rec.instance !== instance)
     throw new CorruptRecordError(`${what}: the record says instance ${rec.instance}`);
   return rec;
