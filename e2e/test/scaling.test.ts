@@ -1,5 +1,6 @@
 // Issue 7 on the local control plane: scaling 3 -> 5 -> 3 and 3 -> 1 -> 3, a rolling update of the
-// image, and an operator killed after each kind of step, all with the membership, the StatefulSet,
+// image, an operator killed after each kind of step, and a voter whose PVC is lost, all with the
+// membership, the StatefulSet,
 // the PVCs and the data checked against what users rely on: one member changed at a time, no
 // acknowledged write lost, no stale PVC left for a later scale-up, the master moved before its pod
 // restarts, and a restarted operator that finishes the change. The operator runs as a local process
@@ -85,6 +86,7 @@ interface NodeStatus {
   role: string;
   master: string | null;
   members: { name: string; role: "voter" | "learner" }[];
+  instances: { chosen: number; executed: number; abstainUntil: number | null };
 }
 
 /**
@@ -510,3 +512,80 @@ test("a larger storage size goes to the PVCs; a class without expansion shows De
   await kube().patch(groupPath, { spec: { storage: { size: "64Mi" } } }, "merge");
   await degraded("False");
 });
+
+test("a voter whose PVC is lost comes back empty, rejoins without a membership change and holds the data again", async () => {
+  const writer = new Writer("lost");
+  await sleep(2000);
+  const master = await waitFor("a master", masterStatus, 60_000, 500);
+  const victim = (await pods()).map((p) => p.metadata.name).find((n) => n !== master.member)!;
+  const podPath = `/api/v1/namespaces/${NS}/pods/${victim}`;
+  const pvcPath = `/api/v1/namespaces/${NS}/persistentvolumeclaims/data-${victim}`;
+  const oldPvc = (await kube().get(pvcPath)).metadata.uid;
+  const stepsBefore = await membershipSteps();
+
+  // A quota the three members exhaust keeps the StatefulSet controller from recreating the pod
+  // while its claim goes away, as a volume lost with its node would.
+  const quotaPath = `/api/v1/namespaces/${NS}/resourcequotas`;
+  await kube().create(quotaPath, {
+    apiVersion: "v1",
+    kind: "ResourceQuota",
+    metadata: { name: "hold-a-member-down", namespace: NS },
+    spec: { hard: { pods: "2" }, scopes: ["NotTerminating"] },
+  });
+  await waitFor("the quota controller to compute the quota's usage", async () => {
+    const q = await kube().get(`${quotaPath}/hold-a-member-down`);
+    return q.status?.hard?.pods === "2" && q.status?.used?.pods === "3";
+  });
+  await kube().delete(podPath);
+  await waitFor("the victim's pod to be gone", async () => (await kube().getOrNull(podPath)) === null);
+  await kube().delete(pvcPath);
+  // The StatefulSet controller makes the claim anew from its template even while the quota keeps
+  // the pod out: a new, empty volume.
+  await waitFor("the victim's PVC to be replaced", async () => {
+    const pvc = await kube().getOrNull(pvcPath);
+    return pvc === null || pvc.metadata.uid !== oldPvc;
+  });
+  const chosenAtLoss = master.instances.chosen;
+  await kube().delete(`${quotaPath}/hold-a-member-down`);
+
+  await waitFor(
+    `${victim} on a new PVC, caught up and no longer abstaining`,
+    async () => {
+      const pvc = await kube().getOrNull(pvcPath);
+      const pod = (await pods()).find((p) => p.metadata.name === victim);
+      if (pvc === null || pvc.metadata.uid === oldPvc || !pod?.status?.podIP) return undefined;
+      const res = await memberFetch(pod.status.podIP, "/v1/status").catch(() => undefined);
+      const s = res?.ok ? ((await res.json()) as NodeStatus) : undefined;
+      return s && s.instances.abstainUntil === null && s.instances.executed >= chosenAtLoss ? s : undefined;
+    },
+    SETTLE_MS,
+    1000,
+  );
+  await writer.stop();
+  // Nothing to undo: the same voters, no step of the operator's.
+  await waitSettled(3, "3 ready voters with the victim among them");
+  await writer.verify();
+  const ip = (await pods()).find((p) => p.metadata.name === victim)?.status?.podIP ?? "";
+  for (const [key, value] of [...writer.acked].slice(0, 50)) {
+    const res = await memberFetch(ip, `/v1/kv/${key}?consistency=local`);
+    assert.equal(res.status, 200, `${victim} holds ${key} itself`);
+    assert.equal(await res.text(), value);
+  }
+  assert.equal(await membershipSteps(), stepsBefore, "no membership step of the operator's was needed");
+  // It did start empty and rejoin by the rule: both other voters answered, and it abstained up to
+  // at least what the master had chosen when the volume went.
+  const line = (await cluster!.containerLog(NS, victim, "paxos-node"))
+    .split("\n")
+    .find((l) => l.includes("the group lists this member as a voter: rejoining"));
+  assert.ok(line, `${victim} logged its rejoin`);
+  const rejoin = JSON.parse(line) as { abstainUntil: number; answeredBy: string[] };
+  assert.ok(rejoin.abstainUntil >= chosenAtLoss, `abstainUntil ${rejoin.abstainUntil} < ${chosenAtLoss}`);
+  assert.equal(rejoin.answeredBy.length, 2);
+});
+
+/** Events of the operator's membership steps for the group so far (one Event per step). */
+async function membershipSteps(): Promise<number> {
+  const kinds = new Set(["AddLearner", "PromoteMember", "RemoveMember", "TransferMaster"]);
+  const events = await kube().list(`/api/v1/namespaces/${NS}/events`);
+  return events.items.filter((e) => e.involvedObject?.name === GROUP && kinds.has(e.reason)).length;
+}
