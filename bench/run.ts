@@ -290,11 +290,11 @@ async function main(opts: Options): Promise<void> {
   // only after some thousands of requests (at concurrency 1 that is most of a run), and etcd's
   // first writes also fill its caches. Every system gets the same load first.
   if (opts.primeSeconds > 0) {
-    const targets: [string, () => Promise<number>, RequestFactory][] = [];
-    if (paxos) targets.push(["paxos", () => paxos.masterPort(), paxosPut]);
-    if (etcd) targets.push(["etcd", () => etcd.leaderPort(), etcdPut]);
-    for (const [name, system] of references) targets.push([name, async () => system.port, referencePut]);
-    for (const [name, port, build] of targets) {
+    const toPrime: [string, () => Promise<number>, RequestFactory][] = [];
+    if (paxos) toPrime.push(["paxos", () => paxos.masterPort(), paxosPut]);
+    if (etcd) toPrime.push(["etcd", () => etcd.leaderPort(), etcdPut]);
+    for (const [name, system] of references) toPrime.push([name, async () => system.port, referencePut]);
+    for (const [name, port, build] of toPrime) {
       const primed = await runLoad({
         concurrency: PRIME_CONCURRENCY,
         client: opts.client,

@@ -48,18 +48,20 @@ export interface OpenedJournal {
 }
 
 export class VoteJournal {
-  /** Bytes written since the last release, wrap skips included: what the ring holds that is needed. */
-  private used = 0;
-  /** `used` at each position handed out by head(), to release by position. */
-  private readonly usedAt = new Map<number, number>();
-  private released = 0;
+  /**
+   * The oldest record still needed. It starts at the head: what open() read back is the caller's to
+   * make durable elsewhere before it appends (the PaxosLog does so before open() returns).
+   */
+  private start: JournalPosition;
 
   private constructor(
     private readonly fd: number,
     readonly capacity: number,
     private next: JournalPosition,
     readonly path: string,
-  ) {}
+  ) {
+    this.start = next;
+  }
 
   /**
    * Opens (creating and preallocating it when missing) the journal at `path` and reads the records
@@ -102,13 +104,15 @@ export class VoteJournal {
 
   /** Where the next record goes: replaying from here finds only what comes after this call. */
   head(): JournalPosition {
-    this.usedAt.set(this.next.seq, this.used);
     return this.next;
   }
 
-  /** Bytes of the ring not yet released. */
+  /**
+   * Bytes of the ring from the oldest record still needed to the head, skipped tails included.
+   * Never a whole lap: append() stops short of one.
+   */
   get pendingBytes(): number {
-    return this.used - this.released;
+    return (this.next.offset - this.start.offset + this.capacity) % this.capacity;
   }
 
   /**
@@ -130,7 +134,6 @@ export class VoteJournal {
     }
     writeAll(this.fd, record(seq, KIND_BATCH, payload), offset);
     if (sync) fdatasyncSync(this.fd);
-    this.used += skip + size;
     this.next = { seq: seq + 1, offset: offset + size };
     return true;
   }
@@ -151,11 +154,7 @@ export class VoteJournal {
 
   /** Everything before `position` (from head()) is durable elsewhere: its space may be reused. */
   release(position: JournalPosition): void {
-    const used = this.usedAt.get(position.seq);
-    if (used === undefined)
-      throw new Error(`vote journal: release of an unknown position (seq ${position.seq})`);
-    for (const seq of this.usedAt.keys()) if (seq <= position.seq) this.usedAt.delete(seq);
-    this.released = Math.max(this.released, used);
+    if (position.seq > this.start.seq) this.start = position;
   }
 
   /**

@@ -191,8 +191,7 @@ export class PaxosLog {
   /**
    * Group commit: persist() calls of one turn share one journal append and one fdatasync; each
    * call's promise resolves only once its data is synced.
-   */
-  /**
+   *
    * `sync: false` is for data that may be lost in a crash because it can be rebuilt (chosen marks
    * are learned again). Such a write is journaled without an fdatasync, in order, so any later
    * synced write makes it durable too.
