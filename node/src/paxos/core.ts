@@ -332,7 +332,7 @@ export interface CoreStatus {
   readonly configuration: ConfigurationStatus;
   /** Every member of the configurations in force or pending. */
   readonly members: readonly MemberStatus[];
-  /** While this member rejoins without its state: the instance it must learn before it votes. */
+  /** While this member rejoins without its state: the instance it must learn before it promises. */
   readonly abstainingUntil: number | null;
 }
 
