@@ -77,9 +77,20 @@ const isReady = (p: Pod) =>
   p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false;
 
 /** A member's HTTP API, straight at its pod IP (local on this machine). */
-async function memberFetch(ip: string, urlPath: string, init: RequestInit = {}): Promise<Response> {
-  return fetch(`http://${ip}:8080${urlPath}`, { ...init, signal: AbortSignal.timeout(10_000) });
+async function memberFetch(
+  ip: string,
+  urlPath: string,
+  init: RequestInit = {},
+  timeoutMs = 10_000,
+): Promise<Response> {
+  return fetch(`http://${ip}:8080${urlPath}`, { ...init, signal: AbortSignal.timeout(timeoutMs) });
 }
+
+/**
+ * For samplers: a status call answers in milliseconds, and one that hangs (a pod going away) must
+ * not stretch a sample over the seconds a change takes, or the change would fall between samples.
+ */
+const SAMPLE_TIMEOUT_MS = 1500;
 
 interface NodeStatus {
   member: string;
@@ -93,11 +104,11 @@ interface NodeStatus {
  * The status of the master a majority of the answering members name, when it claims the role
  * itself: a deposed master that has not noticed yet is not taken for the group's view.
  */
-async function masterStatus(): Promise<NodeStatus | undefined> {
+async function masterStatus(timeoutMs?: number): Promise<NodeStatus | undefined> {
   const answers = await Promise.all(
     (await pods()).map(async (p) => {
       if (!p.status?.podIP) return undefined;
-      const res = await memberFetch(p.status.podIP, "/v1/status").catch(() => undefined);
+      const res = await memberFetch(p.status.podIP, "/v1/status", {}, timeoutMs).catch(() => undefined);
       return res?.ok ? ((await res.json()) as NodeStatus) : undefined;
     }),
   );
@@ -223,7 +234,7 @@ function sampleProgress(signal: AbortSignal): {
   let stopped = false;
   const loop = (async () => {
     for (let i = 0; !stopped && !signal.aborted && i < 10_000; i++) {
-      const s = await masterStatus().catch(() => undefined);
+      const s = await masterStatus(SAMPLE_TIMEOUT_MS).catch(() => undefined);
       const text = s ? configText(s) : undefined;
       if (text && configs.at(-1) !== text) configs.push(text);
       const g = await kube()
@@ -406,7 +417,7 @@ test("a rolling update of the image: never two members down, the master moved be
     for (let i = 0; sampling && i < 10_000; i++) {
       const current = await pods().catch(() => undefined);
       if (current) {
-        const master = (await masterStatus().catch(() => undefined))?.member;
+        const master = (await masterStatus(SAMPLE_TIMEOUT_MS).catch(() => undefined))?.member;
         samples.push({
           master,
           ready: current.filter(isReady).length,
