@@ -178,11 +178,6 @@ export interface StatefulSetOptions {
   defaultImage: string;
   /** Kubernetes cluster DNS domain; `cluster.local` unless the cluster says otherwise. */
   clusterDomain?: string;
-  /**
-   * The StatefulSet's size when it differs from spec.replicas: while the membership changes, the
-   * operator grows and shrinks it one member at a time.
-   */
-  replicas?: number;
 }
 
 /**
@@ -281,7 +276,8 @@ export function desiredStatefulSet(g: PaxosGroupLike, opts: StatefulSetOptions):
     kind: "StatefulSet",
     metadata: objectMeta(g, statefulSetName(g)),
     spec: {
-      replicas: opts.replicas ?? spec.replicas,
+      // While the membership changes, the reconciler sets the size its plan steps through.
+      replicas: spec.replicas,
       serviceName: peerServiceName(g),
       selector: { matchLabels: selector },
       // OrderedReady would deadlock: pod 0 is not ready until a master exists, which needs a quorum.

@@ -295,9 +295,19 @@ export class PaxosGroupReconciler {
         ? masterNode.members.map(({ name, role, lag }) => ({ name, role, lag }))
         : undefined;
 
-    const specHash = desiredStatefulSet(g, { defaultImage: this.opts.defaultImage }).spec?.template.metadata
-      ?.annotations?.[SPEC_HASH_ANNOTATION];
-    if (!specHash) throw new Error("the desired StatefulSet has no spec hash");
+    const storage = planStorage(
+      g.spec.storage,
+      claimTemplateStorage(current),
+      pvcs.filter((c) => !c.metadata.deletionTimestamp).map(claimView),
+    );
+    problems.push(...storage.problems);
+    // Its size comes from the plan below; the spec hash the plan needs does not depend on it.
+    const desired = desiredStatefulSet(
+      { ...g, spec: { ...g.spec, storage: storage.template } },
+      { defaultImage: this.opts.defaultImage },
+    );
+    const specHash = desired.spec?.template.metadata?.annotations?.[SPEC_HASH_ANNOTATION];
+    if (!desired.spec || !specHash) throw new Error("the desired StatefulSet has no spec hash");
     const plan = planNextStep({
       group: g.metadata.name,
       replicas: g.spec.replicas,
@@ -322,19 +332,7 @@ export class PaxosGroupReconciler {
       `/api/v1/namespaces/${ns}/services/${desiredClientService(g).metadata?.name}`,
       desiredClientService(g),
     );
-    const storage = planStorage(
-      g.spec.storage,
-      claimTemplateStorage(current),
-      pvcs.filter((c) => !c.metadata.deletionTimestamp).map(claimView),
-    );
-    problems.push(...storage.problems);
-    await this.apply(
-      stsPath,
-      desiredStatefulSet(
-        { ...g, spec: { ...g.spec, storage: storage.template } },
-        { defaultImage: this.opts.defaultImage, replicas: plan.statefulSetReplicas },
-      ),
-    );
+    await this.apply(stsPath, { ...desired, spec: { ...desired.spec, replicas: plan.statefulSetReplicas } });
     for (const { pvc, size } of storage.grow) {
       try {
         await this.rest.patch(
