@@ -2,9 +2,11 @@
 // the seed's scenario (a member kept down while the others' cleaners delete the log past it comes
 // back, loads a checkpoint from a peer, exits 75, is replaced by the operator and rejoins with the
 // same data), cleaner windows (open now: every member `running` until the window's end; later:
-// `paused`; status.cleaner and the CleanerWindowOpen condition), and an unknown IANA time zone
-// (Degraded, the cleaner stays closed).
+// `paused`; status.cleaner and the CleanerWindowOpen condition), an unknown IANA time zone
+// (Degraded, the cleaner stays closed), and maxLogSize (paused cleaners clean anyway; one Warning
+// Event per member and episode).
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -389,3 +391,84 @@ test("an unknown IANA time zone makes the group Degraded with a message naming i
   await g.put(g.member(0), "still", "serving");
   assert.equal(await g.get(g.member(1), "still"), "serving");
 });
+
+test("maxLogSize: paused cleaners whose log passed it clean anyway, and the operator records one LogOverMaxSize Warning per member and episode", async () => {
+  const c = client;
+  if (!c) throw new Error("no cluster");
+  const g = driver("valve");
+  const later = floorMinute(Date.now() + 12 * HOUR);
+  await g.apply({
+    replicas: 3,
+    storage: { ...STORAGE, size: "256Mi" },
+    logCleaner: {
+      holdCount: HOLD_COUNT,
+      windows: [{ schedule: dailyAt(later, "UTC"), duration: "30m" }],
+      maxLogSize: "1Mi",
+    },
+  });
+  await g.waitAvailable("the group to become Available");
+  await waitMembersCleaner(
+    g,
+    "every member's cleaner to be paused",
+    (s) => s.state === "paused" && !s.lastForcedAt,
+  );
+
+  // RocksDB counts only flushed tables in a size, and compresses them: random values, well past its
+  // 4 MiB write buffer, so that the log is over the limit on disk. Bounded: 200 writes of 32 KiB.
+  const entries = Array.from({ length: 200 }, (_, i): [string, string] => [
+    `big-${i}`,
+    randomBytes(24 * 1024).toString("base64"),
+  ]);
+  const members = [0, 1, 2].map((i) => g.member(i));
+  await g.putAll(members, entries, 8);
+  const forced = await waitFor(
+    "every member to report cleaning forced by maxLogSize",
+    async () => {
+      const statuses = await Promise.all(members.map((m) => g.nodeStatus(m)));
+      return statuses.every((s) => s.cleaner.lastForcedAt) ? statuses : undefined;
+    },
+    120_000,
+    1000,
+  );
+  for (const s of forced) assert.equal(s.cleaner.state, "paused", `${s.member} stays paused`);
+
+  // The operator polls paused groups with a maxLogSize every 30 s.
+  const events = await waitFor(
+    "a LogOverMaxSize Warning for every member",
+    async () => {
+      const list = await g.events("LogOverMaxSize");
+      return members.every((m) => list.some((e) => e.message?.startsWith(`${m}:`))) ? list : undefined;
+    },
+    120_000,
+    2000,
+  );
+  assert.equal(events.length, members.length, events.map((e) => e.message).join("\n"));
+  for (const e of events) {
+    assert.equal(e.type, "Warning");
+    assert.match(e.message ?? "", /spec\.logCleaner\.maxLogSize/);
+  }
+
+  // Looking again finds the Events recorded: no further POST, not even one the API server refuses.
+  const refusedBefore = await refusedEventPosts(c);
+  const settledAt = Date.now();
+  await waitFor(
+    "two more polls of the group by the operator",
+    async () => Date.now() - settledAt > 65_000,
+    90_000,
+    5000,
+  );
+  assert.equal(await refusedEventPosts(c), refusedBefore, "Event POSTs refused with 409 meanwhile");
+  assert.equal((await g.events("LogOverMaxSize")).length, members.length);
+});
+
+/** Event creations the API server refused as already existing, from its own metrics. */
+async function refusedEventPosts(c: KubeClient): Promise<number> {
+  const text = await c.requestText("GET", "/metrics");
+  let total = 0;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("apiserver_request_total{")) continue;
+    if (line.includes('resource="events"') && line.includes('verb="POST"') && line.includes('code="409"'))
+      total += Number(line.slice(line.lastIndexOf(" ") + 1));
+  }
+  return total;
+}

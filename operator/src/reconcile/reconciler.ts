@@ -92,6 +92,11 @@ const STEP_REQUEUE_MS = 1000;
 /** ... and a waiting change is looked at again often (a learner catching up, a pod starting). */
 const WAIT_REQUEUE_MS = 3000;
 
+/** How soon a member's cleaning forced by maxLogSize outside the windows is reported, at worst. */
+const FORCED_CLEANING_POLL_MS = 30_000;
+/** Named Events remembered as recorded (see PaxosGroupReconciler.recordedEvents). */
+const RECORDED_EVENTS_KEPT = 4096;
+
 const MEMBER_TIMEOUT_MS = 3000;
 const ADMIN_TIMEOUT_MS = 30_000;
 
@@ -230,6 +235,12 @@ export class PaxosGroupReconciler {
   private readonly log: Logger;
   private readonly members: MemberApi;
   private readonly now: () => Date;
+  /**
+   * Names of Events known to exist, so that a condition seen on every reconcile (a member's forced
+   * cleaning) is posted once, not refused with 409 each time. Bounded: the oldest are forgotten,
+   * and a forgotten one costs only one more refused POST.
+   */
+  private readonly recordedEvents = new Set<string>();
 
   constructor(private readonly opts: ReconcilerOptions) {
     this.rest = opts.rest;
@@ -407,6 +418,11 @@ export class PaxosGroupReconciler {
         : available
           ? (this.opts.settledResyncMs ?? 300_000)
           : (this.opts.unsettledResyncMs ?? 10_000);
+    if (g.spec.logCleaner.maxLogSize !== undefined && !window.open) {
+      // Paused cleaners may start cleaning on their own (maxLogSize): the members' status is the
+      // only place that shows it, and no pod event follows.
+      requeue = Math.min(requeue, FORCED_CLEANING_POLL_MS);
+    }
     if (window.nextBoundary) {
       // A little past the boundary, so that the evaluation there sees the new state.
       requeue = Math.min(requeue, Math.max(0, window.nextBoundary.getTime() - now.getTime()) + 500);
@@ -630,6 +646,8 @@ export class PaxosGroupReconciler {
     name?: string,
   ): Promise<boolean> {
     const ns = group.metadata.namespace ?? "";
+    const known = name === undefined ? undefined : `${ns}/${name}`;
+    if (known !== undefined && this.recordedEvents.has(known)) return false;
     const now = this.now();
     const time = now.toISOString().replace(/\.\d{3}Z$/, "Z");
     const body = {
@@ -654,13 +672,25 @@ export class PaxosGroupReconciler {
     };
     try {
       await this.rest.create(`/api/v1/namespaces/${encodeURIComponent(ns)}/events`, body);
+      if (known !== undefined) this.rememberEvent(known);
       return true;
     } catch (e) {
-      if (name && isConflict(e)) return false;
+      if (known !== undefined && isConflict(e)) {
+        this.rememberEvent(known);
+        return false;
+      }
       // Without a name, Events are informative: a failure must not fail the reconcile.
       if (name) throw e;
       this.log.warn({ reason, err: errorText(e) }, "could not record an Event");
       return true;
+    }
+  }
+
+  private rememberEvent(key: string): void {
+    this.recordedEvents.add(key);
+    if (this.recordedEvents.size > RECORDED_EVENTS_KEPT) {
+      const oldest = this.recordedEvents.values().next().value;
+      if (oldest !== undefined) this.recordedEvents.delete(oldest);
     }
   }
 }
