@@ -10,7 +10,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { KubeClient, type KubeObject, sleep, waitFor } from "../cluster/kube.js";
+import { Informer, KubeClient, type KubeObject, sleep, waitFor } from "../cluster/kube.js";
 import type { LocalCluster } from "../providers/local.js";
 import { log, startCluster, stopCluster } from "./helpers.js";
 import { OperatorProcess } from "./operator-process.js";
@@ -91,6 +91,8 @@ async function memberFetch(
  * not stretch a sample over the seconds a change takes, or the change would fall between samples.
  */
 const SAMPLE_TIMEOUT_MS = 1500;
+/** Well inside the followers' election timeout (1 s, plus jitter, after the last heartbeat). */
+const MASTER_QUERY_WINDOW_MS = 300;
 
 interface NodeStatus {
   member: string;
@@ -411,22 +413,25 @@ test("an operator killed after each step of a scale-up and a scale-down finishes
 test("a rolling update of the image: never two members down, the master moved before its pod restarts", async (t) => {
   const before = new Map((await pods()).map((p) => [p.metadata.name ?? "", p.metadata.uid]));
   const writer = new Writer("roll");
-  const samples: { master: string | undefined; ready: number; uids: Map<string, string | undefined> }[] = [];
+  // The master at the moment each old pod's deletion shows, asked as soon as the watch reports it:
+  // sampling instead could miss the new master, which the operator waits for and then acts at once.
+  const masterAtDeletion = new Map<string, Promise<string | undefined>>();
+  const deletions = new Informer(kube(), `/api/v1/namespaces/${NS}/pods`, {
+    onChange: (type, pod) => {
+      const name = pod?.metadata.name ?? "";
+      if (!pod || pod.metadata.uid !== before.get(name) || masterAtDeletion.has(name)) return;
+      if (type === "DELETED" || pod.metadata.deletionTimestamp) masterAtDeletion.set(name, masterJustAfter());
+    },
+  });
+  deletions.start();
+  await deletions.waitForSync();
+  let leastReady = Number.POSITIVE_INFINITY;
   let sampling = true;
   const sampler = (async () => {
     for (let i = 0; sampling && i < 10_000; i++) {
       const current = await pods().catch(() => undefined);
-      if (current) {
-        const master = (await masterStatus(SAMPLE_TIMEOUT_MS).catch(() => undefined))?.member;
-        samples.push({
-          master,
-          ready: current.filter(isReady).length,
-          uids: new Map(current.map((p) => [p.metadata.name ?? "", p.metadata.uid])),
-        });
-      }
-      // Often: the operator restarts the old master soon after the heir wins, and a window between
-      // samples must not hide the new master.
-      await sleep(50);
+      if (current) leastReady = Math.min(leastReady, current.filter(isReady).length);
+      await sleep(200);
     }
   })();
   const image = `${cluster?.images.node.split(":")[0]}:rolled`;
@@ -457,6 +462,7 @@ test("a rolling update of the image: never two members down, the master moved be
   } finally {
     sampling = false;
     await sampler;
+    await deletions.stop();
     await writer.stop();
     seen = await progress.stop();
   }
@@ -465,19 +471,29 @@ test("a rolling update of the image: never two members down, the master moved be
   assert.ok(reasons.has("RollingUpdate"), `Progressing reasons seen: ${[...reasons]}`);
   assert.deepEqual(configs, [voters(3)], "a rolling update does not change the membership");
 
-  assert.ok(Math.min(...samples.map((s) => s.ready)) >= 2, "never fewer than two ready members");
-  // For each pod replaced, the last master seen before its uid changed was another member.
-  for (const [name, uid] of before) {
-    const i = samples.findIndex((s) => s.uids.get(name) !== uid);
-    assert.ok(i > 0, `${name} was replaced while sampling`);
-    const lastMaster = samples
-      .slice(0, i)
-      .map((s) => s.master)
-      .filter((m) => m !== undefined)
-      .at(-1);
-    assert.notEqual(lastMaster, name, `${name} was not the master when its pod was deleted`);
+  assert.ok(leastReady >= 2, `never fewer than two ready members (least seen: ${leastReady})`);
+  for (const name of before.keys()) {
+    const master = masterAtDeletion.get(name);
+    assert.ok(master, `the deletion of ${name}'s old pod was seen`);
+    const named = await master;
+    assert.ok(named !== undefined, `a master answered right after ${name}'s old pod was deleted`);
+    assert.notEqual(named, name, `${name} was not the master when its pod was deleted`);
   }
 });
+
+/**
+ * The master a query started within MASTER_QUERY_WINDOW_MS from now finds. Shorter than any
+ * election, so a master killed without a handover cannot have been replaced by then: its followers
+ * still name it and it no longer answers (undefined), or it still answers as master.
+ */
+async function masterJustAfter(): Promise<string | undefined> {
+  const start = Date.now();
+  for (;;) {
+    const master = (await masterStatus(SAMPLE_TIMEOUT_MS).catch(() => undefined))?.member;
+    if (master !== undefined || Date.now() - start >= MASTER_QUERY_WINDOW_MS) return master;
+    await sleep(20);
+  }
+}
 
 test("scale down to 1 and back to 3 keeps the data", async () => {
   const writer = new Writer("one");
