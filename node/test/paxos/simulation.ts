@@ -382,7 +382,9 @@ export function runSimulation(opts: SimOptions): SimResult {
    * flight; should that one crash first, both wait for each other (see the core's README).
    */
   function withoutTwoVoters(): boolean {
-    return votersOf(latestGlobalConfig()).length !== 2;
+    // The configuration before the latest still governs the instances below the latest's activation.
+    const recent = [initialConfig, ...chosenConfigs.map(([, c]) => c)].slice(-2);
+    return recent.every((c) => votersOf(c).length !== 2);
   }
 
   function anyoneRejoining(): boolean {
