@@ -633,8 +633,10 @@ export class PaxosCore {
   private persistRecord(rec: LogRecord): void {
     const batch = this.persistBatch();
     batch.records.push(rec);
-    // A vote must be synced before it is announced; a chosen mark can be learned again.
-    if (!rec.chosen) batch.sync = true;
+    // A vote must be synced before it is announced; a chosen mark can be learned again, except by a
+    // member that rejoined without its state: up to abstainUntil it may hold the only copy left, if
+    // a member it learned from loses its disk next.
+    if (!rec.chosen || rec.instance <= this.abstainUntil) batch.sync = true;
   }
 
   private persistBatch(): NonNullable<Ready["persist"]> {

@@ -6,12 +6,13 @@
 // answer that they have no state either, the group is being founded and it founds it with them.
 // While it asks, it answers the same question from the others on its own peer port.
 //
-// A member with no state that the running group lists as a voter has lost its state, or is a
-// founder that starts late; either way it may have promised and voted before. It keeps asking until
-// enough of the other voters have answered that every majority of the group has one of them among
-// its other members (voters - majority + 1 of them), and rejoins with the highest ballot they
-// promised and the highest instance they have voted on or know chosen (README, "A voter without its
-// state").
+// A member with no state that finds the group running may have promised and voted before: a voter
+// that lost its state, a founder that starts late, or a member removed from the group before its
+// disk went (a member cut off since then may still count on its old votes). Whatever the group
+// lists it as, it keeps asking until enough of the voters other than itself have answered that
+// every majority of the group has one of them among its other members (voters - majority + 1 of
+// them), and joins with the highest ballot they promised and the highest instance they have voted
+// on or know chosen (README, "A member without its state"). A new member pays a round of questions.
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage } from "node:http";
@@ -34,7 +35,7 @@ export interface GroupAnswer {
   readonly highestInstance?: number;
 }
 
-/** What a voter without its state starts with: see CoreOptions.abstainUntil. */
+/** What a member without its state joins a running group with: see CoreOptions.abstainUntil. */
 export interface Rejoin {
   readonly promised: Ballot;
   readonly abstainUntil: number;
@@ -44,7 +45,7 @@ export interface Rejoin {
 
 export type Discovery =
   | { readonly founding: true }
-  | { readonly founding: false; readonly members: readonly Member[]; readonly rejoin: Rejoin | null };
+  | { readonly founding: false; readonly members: readonly Member[]; readonly rejoin: Rejoin };
 
 const ASK_TIMEOUT_MS = 2000;
 const RETRY_MS = 500;
@@ -74,8 +75,6 @@ export async function discoverGroup(opts: {
       const answers = await Promise.all(seeds.map(([, address]) => ask(address, opts).catch(() => null)));
       const established = answers.find((a) => a?.established);
       if (established) {
-        const self = established.members.find((m) => m.name === opts.self);
-        if (self?.role !== "voter") return { founding: false, members: established.members, rejoin: null };
         return { founding: false, members: established.members, rejoin: await askVoters(established, opts) };
       }
       const fresh = answers.filter((a) => a !== null && !a.established).length + 1;
@@ -136,7 +135,7 @@ async function askVoters(
       lastLog = performance.now();
       opts.logger.warn(
         { answered: [...answered.keys()], needed, voters: voters.map((v) => v.name) },
-        "no state here, but the group lists this member as a voter: waiting for enough of the other voters to answer before rejoining",
+        "no state here and the group is running: waiting for enough of its other voters to answer before joining",
       );
     }
     await new Promise((r) => setTimeout(r, RETRY_MS));

@@ -267,8 +267,8 @@ export class NodeRuntime implements KvService {
         state = { ...recovered, promised, abstainUntil };
         log.warn(
           { promised, abstainUntil, answeredBy: from },
-          "no state here, but the group lists this member as a voter: rejoining with the promised ballot " +
-            "of the other voters, and promising nothing until every instance up to abstainUntil is learned",
+          "no state here and the group is running: joining with the promised ballot of its other voters, " +
+            "and promising nothing until every instance up to abstainUntil is learned",
         );
       }
       return new NodeRuntime(opts, paxosLog, sm, state, replayed, store, cleaner, joining.membership);
@@ -820,7 +820,7 @@ function foundingMembership(opts: RuntimeOptions): InitialMembership {
 
 /**
  * A member without state asks its seeds whether it founds the group or joins a running one, and,
- * when the running group lists it as a voter, what it must rejoin with.
+ * when it joins, what it must start with (see discovery.ts).
  */
 async function initialMembership(
   opts: RuntimeOptions,

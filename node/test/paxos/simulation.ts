@@ -355,7 +355,9 @@ export function runSimulation(opts: SimOptions): SimResult {
     const config = latestGlobalConfig();
     m.rejoinConfig = config;
     m.lostDisk = false;
-    if (opts.amnesia === "protected" && votersOf(config).includes(m.name)) {
+    // Whatever the latest configuration says of it: a member removed before it lost its disk may
+    // still have votes that a member cut off since then counts on.
+    if (opts.amnesia === "protected") {
       const others = votersOf(config).filter((n) => n !== m.name);
       const needed = votersOf(config).length - majority(config) + 1;
       const asked: MemberId[] = [];
@@ -378,23 +380,30 @@ export function runSimulation(opts: SimOptions): SimResult {
   }
 
   /**
-   * With two voters, a member rejoining without its disk needs the other to finish what it had in
-   * flight; should that one crash first, both wait for each other (see the core's README).
+   * Whether `m` may lose its disk now. With two voters, a member rejoining without its disk needs
+   * the other to finish what it had in flight; should that one crash first, both wait for each
+   * other (see the core's README). The only voter of a group refuses to start without its disk, as
+   * in the runtime. The configuration before the latest still governs the instances below the
+   * latest's activation, so both count.
    */
-  function withoutTwoVoters(): boolean {
-    // The configuration before the latest still governs the instances below the latest's activation.
+  function mayLoseDisk(m: SimMember): boolean {
     const recent = [initialConfig, ...chosenConfigs.map(([, c]) => c)].slice(-2);
-    return recent.every((c) => votersOf(c).length !== 2);
+    return recent.every((c) => {
+      const voters = votersOf(c);
+      return voters.length !== 2 && !(voters.length === 1 && voters[0] === m.name);
+    });
   }
 
+  /** Until what a rejoining member learns is on its disk, it may be the only copy left. */
   function anyoneRejoining(): boolean {
-    return [...members.values()].some(
-      (x) =>
-        x.lostDisk ||
-        (x.core !== null
-          ? x.core.status().abstainingUntil !== null
-          : x.durable.chosenUpTo < x.durable.abstainUntil),
-    );
+    return [...members.values()].some((x) => x.lostDisk || !durablyCaughtUp(x));
+  }
+
+  function durablyCaughtUp(x: SimMember): boolean {
+    for (let i = x.durable.chosenUpTo + 1; i <= x.durable.abstainUntil; i++) {
+      if (x.durable.records.get(i)?.chosen !== true) return false;
+    }
+    return true;
   }
 
   /** The disk is gone too: acceptor state, chosen log and state machine. */
@@ -724,7 +733,7 @@ export function runSimulation(opts: SimOptions): SimResult {
         crash(m);
         // One lost disk at a time: with two voters of three gone, values only they held may be
         // lost, and the survivors rightly wait rather than decide again.
-        if (opts.amnesia !== undefined && rng.chance(0.3) && !anyoneRejoining() && withoutTwoVoters())
+        if (opts.amnesia !== undefined && rng.chance(0.3) && !anyoneRejoining() && mayLoseDisk(m))
           wipe(m);
         const downFor = rng.between(10, 400);
         queue.push(now + downFor, () => {
