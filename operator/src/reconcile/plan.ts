@@ -197,6 +197,19 @@ export function planNextStep(input: PlanInput): Plan {
         },
       };
     }
+    // Fewer voters leave less room for one that is down or still catching up (one that came back
+    // without its disk promises nothing until it has): it must be back first.
+    const behind = [...inConfig].find(
+      ([i, c]) => c.role === "voter" && c.name !== m.name && (!readyPod(i) || !caughtUp(c)),
+    );
+    if (m.role === "voter" && behind) {
+      const [i, c] = behind;
+      return wait(
+        "RemovingMember",
+        `waiting for ${c.name} to be ready and caught up (lag ${c.lag ?? "unknown"}) before removing ${m.name}`,
+        stall(i, "scale-down stopped rather than shrink the group around a voter that is not back"),
+      );
+    }
     return {
       statefulSetReplicas: size,
       step: { kind: "RemoveMember", member: m.name },

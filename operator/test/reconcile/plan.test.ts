@@ -128,6 +128,26 @@ describe("planNextStep: one step for each situation", () => {
       "RemovingMember",
     ],
     [
+      "no voter is removed while another voter is far behind (one back without its disk, say)",
+      {
+        replicas: 3,
+        statefulSetReplicas: 5,
+        configuration: [voter(0), voter(1, 50_000), voter(2), voter(3), voter(4)],
+      },
+      undefined,
+      "RemovingMember",
+    ],
+    [
+      "nor while another voter's pod is not ready",
+      {
+        replicas: 3,
+        statefulSetReplicas: 5,
+        pods: [pod(0), pod(1), pod(2, { ready: false }), pod(3), pod(4)],
+      },
+      undefined,
+      "RemovingMember",
+    ],
+    [
       "a master to be removed hands over first, to the most caught-up ready voter",
       {
         replicas: 3,
@@ -255,6 +275,19 @@ describe("planNextStep: one step for each situation", () => {
       input({ pods: [pod(0, { specHash: "old" }), pod(1), pod(2, { ready: false, readySince: recent })] }),
     );
     assert.equal(waiting.stalled, undefined);
+  });
+
+  test("a scale-down waiting on a voter that stays not Ready is stalled", () => {
+    const old = new Date(NOW.getTime() - STALL_AFTER_MS - 1000);
+    const plan = planNextStep(
+      input({
+        replicas: 3,
+        statefulSetReplicas: 5,
+        pods: [pod(0), pod(1, { ready: false, readySince: old }), pod(2), pod(3), pod(4)],
+      }),
+    );
+    assert.equal(plan.step, undefined);
+    assert.match(plan.stalled ?? "", /scale-down stopped.*kv-1 has not been Ready for 5 min/);
   });
 });
 
