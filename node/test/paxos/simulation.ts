@@ -387,6 +387,7 @@ export function runSimulation(opts: SimOptions): SimResult {
    * latest's activation, so both count.
    */
   function mayLoseDisk(m: SimMember): boolean {
+    if ([...adminRequests.values()].some((r) => changesVoters(r.kind))) return false;
     const recent = [initialConfig, ...chosenConfigs.map(([, c]) => c)].slice(-2);
     return recent.every((c) => {
       const voters = votersOf(c);
@@ -426,6 +427,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     // Requests in flight at a crashed member have an unknown outcome: the client never retries them.
     m.pending.clear();
     m.pendingReads.clear();
+    for (const [id, req] of adminRequests) if (req.by === m.name) adminRequests.delete(id);
   }
 
   function scheduleTick(m: SimMember, life: number): void {
@@ -677,6 +679,11 @@ export function runSimulation(opts: SimOptions): SimResult {
     step(master, { type: "proposeConfig", requestId, change });
   }
 
+  /** Whether a change of this kind may change how many voters there are. */
+  function changesVoters(kind: ConfigChange["kind"] | "transfer"): boolean {
+    return kind === "remove" || kind === "promote";
+  }
+
   function membershipAction(): void {
     const candidates = masters();
     if (candidates.length === 0) return;
@@ -693,7 +700,8 @@ export function runSimulation(opts: SimOptions): SimResult {
       trace?.(`${now.toFixed(2)} ${master.name} asked: transfer to ${to}`);
       step(master, { type: "transferMaster", requestId, to });
     } else if (learner !== undefined && roll < 0.7) {
-      proposeChange(master, { kind: "promote", name: learner.name });
+      // A promotion may make two voters, which a rejoining member must not meet (see mayLoseDisk).
+      if (!anyoneRejoining()) proposeChange(master, { kind: "promote", name: learner.name });
     } else if (config.members.length < MAX_MEMBERS && (config.members.length <= 3 || roll < 0.85)) {
       // Start the new member first, as the operator does: it knows the voters and itself.
       const waiting = [...members.values()].find(
@@ -705,7 +713,8 @@ export function runSimulation(opts: SimOptions): SimResult {
     } else {
       const removable = config.members.map((x) => x.name);
       const name = rng.chance(0.35) ? master.name : rng.pick(removable);
-      proposeChange(master, { kind: "remove", name });
+      // Like the operator, which removes a voter only while the others are caught up.
+      if (!anyoneRejoining()) proposeChange(master, { kind: "remove", name });
     }
   }
 
@@ -733,8 +742,7 @@ export function runSimulation(opts: SimOptions): SimResult {
         crash(m);
         // One lost disk at a time: with two voters of three gone, values only they held may be
         // lost, and the survivors rightly wait rather than decide again.
-        if (opts.amnesia !== undefined && rng.chance(0.3) && !anyoneRejoining() && mayLoseDisk(m))
-          wipe(m);
+        if (opts.amnesia !== undefined && rng.chance(0.3) && !anyoneRejoining() && mayLoseDisk(m)) wipe(m);
         const downFor = rng.between(10, 400);
         queue.push(now + downFor, () => {
           if (m.core !== null) return;
