@@ -19,6 +19,9 @@ each concurrency level, and prints ops/s, p50 and p99 with the paxos/etcd ratios
   --prime N            unmeasured seconds of load at concurrency 64 for each system once it is
                        up, before the first level (default 10; 0 skips it)
   --concurrency LIST   comma-separated levels (default 1,16,64,256)
+  --rounds N           measure each level N times, the systems alternating, and report each
+                       system's median run and the spread of the per-round ratios (default 1;
+                       single runs on a shared 2-core machine move by 20-40%)
   --client KIND        load generator client: "raw" (minimal keep-alive HTTP/1.1; default) or
                        "http" (node:http with a keep-alive Agent, 2-3x the CPU per request)
   --only SYSTEM        run only "etcd" or only "paxos" (no ratios, no targets)
@@ -35,6 +38,7 @@ const PRIME_CONCURRENCY = 64;
 
 interface Options {
   seconds: number;
+  rounds: number;
   warmupSeconds: number;
   primeSeconds: number;
   levels: number[];
@@ -58,6 +62,7 @@ function parseOptions(argv: string[]): Options | undefined {
       warmup: { type: "string" },
       prime: { type: "string" },
       concurrency: { type: "string" },
+      rounds: { type: "string" },
       client: { type: "string" },
       only: { type: "string" },
       with: { type: "string" },
@@ -78,6 +83,9 @@ function parseOptions(argv: string[]): Options | undefined {
   if (!Number.isFinite(primeSeconds) || primeSeconds < 0) {
     throw new Error(`--prime must be a number >= 0, got "${values.prime}"`);
   }
+  const rounds = Number(values.rounds ?? "1");
+  if (!Number.isInteger(rounds) || rounds < 1)
+    throw new Error(`--rounds takes an integer >= 1, got "${values.rounds}"`);
   const levels = (values.concurrency ?? "1,16,64,256").split(",").map((s) => {
     const n = Number(s.trim());
     if (!Number.isInteger(n) || n < 1) throw new Error(`--concurrency takes positive integers, got "${s}"`);
@@ -103,15 +111,27 @@ function parseOptions(argv: string[]): Options | undefined {
       }
       return s as Reference;
     });
-  return { seconds, warmupSeconds, primeSeconds, levels, client, systems, references, jsonFile: values.json };
+  return {
+    seconds,
+    rounds,
+    warmupSeconds,
+    primeSeconds,
+    levels,
+    client,
+    systems,
+    references,
+    jsonFile: values.json,
+  };
 }
 
 interface Row {
   concurrency: number;
   paxos: LoadResult | undefined;
   etcd: LoadResult | undefined;
-  /** paxos ops/s divided by etcd ops/s. */
+  /** paxos ops/s divided by etcd ops/s, of their median runs. */
   opsRatio: number | undefined;
+  /** The ratio of each round, in round order (one per round; empty without both systems). */
+  roundRatios: number[];
   /** paxos p99 divided by etcd p99: below 1 means paxos has the better tail. */
   p99Ratio: number | undefined;
   /** The reference systems asked for with --with. */
@@ -144,15 +164,27 @@ function evaluateTargets(rows: Row[]): Target[] {
     1,
     "concurrency 1: paxos ops/s >= 2x etcd",
     (r) => r.opsRatio! >= 2,
-    (r) => `ratio ${fmt(r.opsRatio, 2)}x`,
+    (r) => `ratio ${fmt(r.opsRatio, 2)}x${roundsText(r)}`,
   );
   check(
     64,
     "concurrency 64: paxos ops/s >= 4x etcd, paxos p99 <= etcd p99",
     (r) => r.opsRatio! >= 4 && r.paxos!.p99Ms <= r.etcd!.p99Ms,
-    (r) => `ratio ${fmt(r.opsRatio, 2)}x, p99 ${fmt(r.paxos!.p99Ms, 2)} ms vs ${fmt(r.etcd!.p99Ms, 2)} ms`,
+    (r) =>
+      `ratio ${fmt(r.opsRatio, 2)}x${roundsText(r)}, p99 ${fmt(r.paxos!.p99Ms, 2)} ms vs ${fmt(r.etcd!.p99Ms, 2)} ms`,
   );
   return targets;
+}
+
+function roundsText(r: Row): string {
+  return r.roundRatios.length > 1 ? ` (rounds: ${r.roundRatios.map((x) => fmt(x, 2)).join(", ")})` : "";
+}
+
+/** The run with the median ops/s (the lower of the two middle ones for an even count). */
+function medianRun(results: LoadResult[] | undefined): LoadResult | undefined {
+  if (!results || results.length === 0) return undefined;
+  const sorted = [...results].sort((a, b) => a.opsPerSec - b.opsPerSec);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
 }
 
 function fmt(n: number | undefined, digits: number): string {
@@ -185,6 +217,8 @@ function table(rows: Row[]): string {
     "ratio ops/s (paxos/etcd)",
     "p99 ratio (paxos/etcd)",
   ];
+  const withRounds = rows.some((r) => r.roundRatios.length > 1);
+  if (withRounds) header.push("ratio per round");
   const cells = (r: LoadResult | undefined) =>
     r
       ? [fmt(r.opsPerSec, 0) + (r.errors ? ` (${r.errors} err)` : ""), fmt(r.p50Ms, 2), fmt(r.p99Ms, 2)]
@@ -195,6 +229,7 @@ function table(rows: Row[]): string {
     ...cells(r.etcd),
     fmt(r.opsRatio, 2),
     fmt(r.p99Ratio, 2),
+    ...(withRounds ? [r.roundRatios.map((x) => fmt(x, 2)).join(", ")] : []),
   ]);
   return markdownTable(
     header,
@@ -312,16 +347,6 @@ async function main(opts: Options): Promise<void> {
 
   const rows: Row[] = [];
   for (const [i, concurrency] of opts.levels.entries()) {
-    const row: Row = {
-      concurrency,
-      paxos: undefined,
-      etcd: undefined,
-      opsRatio: undefined,
-      p99Ratio: undefined,
-      references: {},
-    };
-    // Alternating which system goes first spreads slow drift (page cache, disk write-back) over both.
-    const order: System[] = i % 2 === 0 ? ["paxos", "etcd"] : ["etcd", "paxos"];
     const load = {
       concurrency,
       client: opts.client,
@@ -329,20 +354,43 @@ async function main(opts: Options): Promise<void> {
       warmupSeconds: opts.warmupSeconds,
       signal: interrupt.signal,
     };
-    for (const system of order) {
-      if (system === "etcd" && etcd) {
-        row.etcd = await runLoad({ ...load, port: await etcd.leaderPort(), build: etcdPut });
-        console.log(describe("etcd", row.etcd));
-      } else if (system === "paxos" && paxos) {
-        row.paxos = await runLoad({ ...load, port: await paxos.masterPort(), build: paxosPut });
-        console.log(describe("paxos", row.paxos));
+    const runs = new Map<System | Reference, LoadResult[]>();
+    const measured = (name: System | Reference, result: LoadResult) => {
+      runs.set(name, [...(runs.get(name) ?? []), result]);
+      console.log(describe(name, result));
+    };
+    const roundRatios: number[] = [];
+    for (let round = 0; round < opts.rounds; round++) {
+      // Alternating which system goes first spreads slow drift (page cache, disk write-back) over both.
+      const order: System[] = (i + round) % 2 === 0 ? ["paxos", "etcd"] : ["etcd", "paxos"];
+      for (const system of order) {
+        if (system === "etcd" && etcd) {
+          measured("etcd", await runLoad({ ...load, port: await etcd.leaderPort(), build: etcdPut }));
+        } else if (system === "paxos" && paxos) {
+          measured("paxos", await runLoad({ ...load, port: await paxos.masterPort(), build: paxosPut }));
+        }
+      }
+      for (const [name, system] of references) {
+        measured(name, await runLoad({ ...load, port: system.port, build: referencePut }));
+      }
+      const [p, e] = [runs.get("paxos")?.at(-1), runs.get("etcd")?.at(-1)];
+      if (p && e) roundRatios.push(p.opsPerSec / e.opsPerSec);
+      if (opts.rounds > 1 && p && e) {
+        console.log(
+          `[bench] round ${round + 1}/${opts.rounds} at c=${concurrency}: paxos/etcd ${fmt(roundRatios.at(-1), 2)}x`,
+        );
       }
     }
-    for (const [name, system] of references) {
-      const result = await runLoad({ ...load, port: system.port, build: referencePut });
-      row.references[name] = result;
-      console.log(describe(name, result));
-    }
+    const row: Row = {
+      concurrency,
+      paxos: medianRun(runs.get("paxos")),
+      etcd: medianRun(runs.get("etcd")),
+      opsRatio: undefined,
+      roundRatios,
+      p99Ratio: undefined,
+      references: {},
+    };
+    for (const name of references.keys()) row.references[name] = medianRun(runs.get(name));
     if (row.paxos && row.etcd) {
       row.opsRatio = row.paxos.opsPerSec / row.etcd.opsPerSec;
       row.p99Ratio = row.paxos.p99Ms / row.etcd.p99Ms;
@@ -356,7 +404,9 @@ async function main(opts: Options): Promise<void> {
       `load average ${m.loadAverage1m} at start` +
       (opts.primeSeconds > 0 ? `, each system primed for ${opts.primeSeconds} s` : "") +
       (etcdVersion ? `, etcd ${etcdVersion}` : "") +
-      `; ${opts.seconds} s per run after ${opts.warmupSeconds} s warm-up; 100-byte values; ` +
+      `; ${opts.seconds} s per run after ${opts.warmupSeconds} s warm-up` +
+      (opts.rounds > 1 ? `, median run of ${opts.rounds} rounds per system and level` : "") +
+      "; 100-byte values; " +
       `client ${opts.client}; data ${fsNote}\n`,
   );
   console.log(table(rows));
@@ -375,6 +425,7 @@ async function main(opts: Options): Promise<void> {
       machine: m,
       etcdVersion,
       seconds: opts.seconds,
+      rounds: opts.rounds,
       warmupSeconds: opts.warmupSeconds,
       client: opts.client,
       valueBytes: 100,
