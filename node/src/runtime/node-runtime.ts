@@ -265,7 +265,10 @@ export class NodeRuntime implements KvService {
         const { promised, abstainUntil, from } = joining.rejoin;
         await paxosLog.persist({ promised, records: [], ...(abstainUntil >= 0 ? { abstainUntil } : {}) });
         state = { ...recovered, promised, abstainUntil };
-        log.warn(
+        // Worth a warning when the group lists this member as a voter: it lost its state. A new
+        // member, the usual case otherwise, goes through the same steps.
+        const listedVoter = joining.membership.voters.includes(opts.member);
+        log[listedVoter ? "warn" : "info"](
           { promised, abstainUntil, answeredBy: from },
           "no state here and the group is running: joining with the promised ballot of its other voters, " +
             "and promising nothing until every instance up to abstainUntil is learned",
