@@ -605,7 +605,7 @@ test("a voter whose PVC is lost comes back empty, rejoins without a membership c
   // at least what the master had chosen when the volume went.
   const line = (await cluster!.containerLog(NS, victim, "paxos-node"))
     .split("\n")
-    .find((l) => l.includes("the group lists this member as a voter: rejoining"));
+    .find((l) => l.includes("joining with the promised ballot of its other voters"));
   assert.ok(line, `${victim} logged its rejoin`);
   const rejoin = JSON.parse(line) as { abstainUntil: number; answeredBy: string[] };
   assert.ok(rejoin.abstainUntil >= chosenAtLoss, `abstainUntil ${rejoin.abstainUntil} < ${chosenAtLoss}`);

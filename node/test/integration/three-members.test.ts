@@ -135,13 +135,15 @@ test("a voter whose data directory is lost rejoins: it promises nothing until it
   const line = cluster
     .logs(follower.name)
     .split("\n")
-    .find((l) => l.includes("the group lists this member as a voter: rejoining"));
+    .find((l) => l.includes("joining with the promised ballot of its other voters"));
   assert.ok(line !== undefined, "the rejoin is logged");
   const rejoin = JSON.parse(line) as {
+    level: number;
     abstainUntil: number;
     answeredBy: string[];
     promised: { counter: number };
   };
+  assert.equal(rejoin.level, 40, "a voter that lost its state is a warning");
   assert.ok(rejoin.abstainUntil >= chosenAtLoss, `abstainUntil ${rejoin.abstainUntil} < ${chosenAtLoss}`);
   assert.deepEqual(
     [...rejoin.answeredBy].sort(),
