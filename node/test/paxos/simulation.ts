@@ -739,10 +739,13 @@ export function runSimulation(opts: SimOptions): SimResult {
       const master = masters()[0];
       const m = master !== undefined && rng.chance(0.5) ? master : members.get(rng.pick(allNames()))!;
       if (m.core !== null) {
-        crash(m);
         // One lost disk at a time: with two voters of three gone, values only they held may be
-        // lost, and the survivors rightly wait rather than decide again.
-        if (opts.amnesia !== undefined && rng.chance(0.3) && !anyoneRejoining() && mayLoseDisk(m)) wipe(m);
+        // lost, and the survivors rightly wait rather than decide again. Decided before the crash
+        // forgets the member's requests in flight, which may still be chosen.
+        const losesDisk =
+          opts.amnesia !== undefined && rng.chance(0.3) && !anyoneRejoining() && mayLoseDisk(m);
+        crash(m);
+        if (losesDisk) wipe(m);
         const downFor = rng.between(10, 400);
         queue.push(now + downFor, () => {
           if (m.core !== null) return;
