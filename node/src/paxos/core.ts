@@ -661,6 +661,16 @@ export class PaxosCore {
     return membersOf(this.liveConfigs()).filter((n) => n !== this.self);
   }
 
+  /**
+   * Whether this member holds `member` as its master while it hears from it: a voter of a
+   * configuration it knows for what it has yet to learn. A member removed while it was cut off, and
+   * still running, can win an election among the members of its old configuration; held as master,
+   * it would keep this member from promising the group's real candidates.
+   */
+  private mayLead(member: MemberId): boolean {
+    return this.liveConfigs().some((c) => isVoter(c, member));
+  }
+
   /** Learners never campaign, nor does a member that is a voter in no configuration it knows of. */
   private mayCampaign(): boolean {
     return !this.abstaining && this.liveConfigs().some((c) => isVoter(c, this.self));
@@ -1038,7 +1048,7 @@ export class PaxosCore {
       this.promised = ballot;
       this.persistPromised();
     }
-    if (from !== this.self) this.heardFromMaster(ballot.member);
+    if (from !== this.self && this.mayLead(ballot.member)) this.heardFromMaster(ballot.member);
     const instances: number[] = [];
     for (const e of entries) {
       if (e.instance <= this.chosenUpTo || this.chosenAhead.has(e.instance)) {
@@ -1095,7 +1105,7 @@ export class PaxosCore {
   private onCommit(from: MemberId, ballot: Ballot, fromInstance: number, to: number, readSeq: number): void {
     if (compareBallots(ballot, this.promised) < 0) return this.reject(from, ballot);
     this.yieldTo(ballot, ballot.member);
-    if (this.role !== "master") this.heardFromMaster(ballot.member);
+    if (this.role !== "master" && this.mayLead(ballot.member)) this.heardFromMaster(ballot.member);
     // Our vote at exactly this ballot in [from, to] is the chosen value: only one value is ever
     // proposed per (instance, ballot), and the master says a quorum accepted it.
     for (const [instance, vote] of this.votes) {
