@@ -17,6 +17,7 @@ import { log, startCluster, stopCluster } from "./helpers.js";
 import {
   condition,
   GroupDriver,
+  holdPodDown,
   type InstalledOperator,
   installCrd,
   installOperator,
@@ -102,22 +103,7 @@ test("the seed's scenario: a member kept down while the others clean their logs 
   const pvcUid = (await c.get(pvcPath)).metadata.uid;
   log(`master ${master}, victim ${victim}`);
 
-  // A quota the three members already exhaust keeps the StatefulSet controller from recreating
-  // the victim's pod. Scoped to NotTerminating pods: the admin pods (activeDeadlineSeconds) still run.
-  const quotaPath = `/api/v1/namespaces/${NS}/resourcequotas`;
-  await c.create(quotaPath, {
-    apiVersion: "v1",
-    kind: "ResourceQuota",
-    metadata: { name: "hold-a-member-down", namespace: NS },
-    spec: { hard: { pods: "2" }, scopes: ["NotTerminating"] },
-  });
-  // Admission enforces a quota only once the quota controller has computed its usage.
-  await waitFor("the quota controller to compute the quota's usage", async () => {
-    const q = await c.get(`${quotaPath}/hold-a-member-down`);
-    return q.status?.hard?.pods === "2" && q.status?.used?.pods === "3";
-  });
-  await c.delete(g.podPath(victim));
-  await waitFor("the victim's pod to be gone", async () => (await c.getOrNull(g.podPath(victim))) === null);
+  const letBack = await holdPodDown(c, NS, victim, 3);
   // At least what the victim had executed when it went away: the live members have chosen it all.
   const downAt = Math.max(
     ...(await Promise.all(live.map(async (m) => (await g.nodeStatus(m)).instances.chosen))),
@@ -197,7 +183,7 @@ test("the seed's scenario: a member kept down while the others clean their logs 
   watch.start();
   try {
     await watch.waitForSync();
-    await c.delete(`${quotaPath}/hold-a-member-down`);
+    await letBack();
 
     const loaded = await waitFor(
       `${victim} to load a checkpoint and exit 75`,

@@ -142,6 +142,40 @@ function splitImage(image: string): [string, string] {
   return [image.slice(0, colon), image.slice(colon + 1)];
 }
 
+/**
+ * Deletes the pod `name` of a namespace whose pods number `running`, and keeps the StatefulSet
+ * controller from recreating it, as a node gone with its volume would: a quota the others already
+ * exhaust. Scoped to NotTerminating pods, so admin pods (activeDeadlineSeconds) still run.
+ * Resolves once the pod is gone, to a function that lets it come back.
+ */
+export async function holdPodDown(
+  client: KubeClient,
+  namespace: string,
+  name: string,
+  running: number,
+): Promise<() => Promise<void>> {
+  const quotas = `/api/v1/namespaces/${namespace}/resourcequotas`;
+  const quota = `${quotas}/hold-a-member-down`;
+  const allowed = String(running - 1);
+  await client.create(quotas, {
+    apiVersion: "v1",
+    kind: "ResourceQuota",
+    metadata: { name: "hold-a-member-down", namespace },
+    spec: { hard: { pods: allowed }, scopes: ["NotTerminating"] },
+  });
+  // Admission enforces a quota only once the quota controller has computed its usage.
+  await waitFor("the quota controller to compute the quota's usage", async () => {
+    const q = await client.get(quota);
+    return q.status?.hard?.pods === allowed && q.status?.used?.pods === String(running);
+  });
+  const pod = `/api/v1/namespaces/${namespace}/pods/${name}`;
+  await client.delete(pod);
+  await waitFor(`${name}'s pod to be gone`, async () => (await client.getOrNull(pod)) === null);
+  return async () => {
+    await client.delete(quota);
+  };
+}
+
 export function tail(text: string, chars = 6000): string {
   return text.length > chars ? `...${text.slice(-chars)}` : text;
 }

@@ -1,9 +1,8 @@
 // Issue 7 on the local control plane: scaling 3 -> 5 -> 3 and 3 -> 1 -> 3, a rolling update of the
 // image, an operator killed after each kind of step, and a voter whose PVC is lost, all with the
-// membership, the StatefulSet,
-// the PVCs and the data checked against what users rely on: one member changed at a time, no
-// acknowledged write lost, no stale PVC left for a later scale-up, the master moved before its pod
-// restarts, and a restarted operator that finishes the change. The operator runs as a local process
+// membership, the StatefulSet, the PVCs and the data checked against what users rely on: one
+// member changed at a time, no acknowledged write lost, no stale PVC left for a later scale-up,
+// the master moved before its pod restarts, and a restarted operator that finishes the change. The operator runs as a local process
 // here so that a test can kill it (a test-only hook) and start it again with other settings.
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -14,7 +13,7 @@ import { Informer, KubeClient, type KubeObject, sleep, waitFor } from "../cluste
 import type { LocalCluster } from "../providers/local.js";
 import { log, startCluster, stopCluster } from "./helpers.js";
 import { OperatorProcess } from "./operator-process.js";
-import { condition, installCrd } from "./paxos-group.js";
+import { condition, holdPodDown, installCrd } from "./paxos-group.js";
 
 const NS = "default";
 const GROUP = "kv";
@@ -547,26 +546,12 @@ test("a voter whose PVC is lost comes back empty, rejoins without a membership c
   await sleep(2000);
   const master = await waitFor("a master", masterStatus, 60_000, 500);
   const victim = (await pods()).map((p) => p.metadata.name).find((n) => n !== master.member)!;
-  const podPath = `/api/v1/namespaces/${NS}/pods/${victim}`;
   const pvcPath = `/api/v1/namespaces/${NS}/persistentvolumeclaims/data-${victim}`;
   const oldPvc = (await kube().get(pvcPath)).metadata.uid;
   const stepsBefore = await membershipSteps();
 
-  // A quota the three members exhaust keeps the StatefulSet controller from recreating the pod
-  // while its claim goes away, as a volume lost with its node would.
-  const quotaPath = `/api/v1/namespaces/${NS}/resourcequotas`;
-  await kube().create(quotaPath, {
-    apiVersion: "v1",
-    kind: "ResourceQuota",
-    metadata: { name: "hold-a-member-down", namespace: NS },
-    spec: { hard: { pods: "2" }, scopes: ["NotTerminating"] },
-  });
-  await waitFor("the quota controller to compute the quota's usage", async () => {
-    const q = await kube().get(`${quotaPath}/hold-a-member-down`);
-    return q.status?.hard?.pods === "2" && q.status?.used?.pods === "3";
-  });
-  await kube().delete(podPath);
-  await waitFor("the victim's pod to be gone", async () => (await kube().getOrNull(podPath)) === null);
+  // Kept down while its claim goes away, as a volume lost with its node would be.
+  const letBack = await holdPodDown(kube(), NS, victim, 3);
   await kube().delete(pvcPath);
   // The StatefulSet controller makes the claim anew from its template even while the quota keeps
   // the pod out: a new, empty volume.
@@ -575,7 +560,7 @@ test("a voter whose PVC is lost comes back empty, rejoins without a membership c
     return pvc === null || pvc.metadata.uid !== oldPvc;
   });
   const chosenAtLoss = master.instances.chosen;
-  await kube().delete(`${quotaPath}/hold-a-member-down`);
+  await letBack();
 
   await waitFor(
     `${victim} on a new PVC, caught up and no longer abstaining`,
