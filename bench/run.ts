@@ -176,8 +176,12 @@ function evaluateTargets(rows: Row[]): Target[] {
   return targets;
 }
 
+function roundRatiosText(r: Row): string {
+  return r.roundRatios.map((x) => fmt(x, 2)).join(", ");
+}
+
 function roundsText(r: Row): string {
-  return r.roundRatios.length > 1 ? ` (rounds: ${r.roundRatios.map((x) => fmt(x, 2)).join(", ")})` : "";
+  return r.roundRatios.length > 1 ? ` (rounds: ${roundRatiosText(r)})` : "";
 }
 
 /** The run with the median ops/s (the lower of the two middle ones for an even count). */
@@ -229,7 +233,7 @@ function table(rows: Row[]): string {
     ...cells(r.etcd),
     fmt(r.opsRatio, 2),
     fmt(r.p99Ratio, 2),
-    ...(withRounds ? [r.roundRatios.map((x) => fmt(x, 2)).join(", ")] : []),
+    ...(withRounds ? [roundRatiosText(r)] : []),
   ]);
   return markdownTable(
     header,
@@ -374,11 +378,13 @@ async function main(opts: Options): Promise<void> {
         measured(name, await runLoad({ ...load, port: system.port, build: referencePut }));
       }
       const [p, e] = [runs.get("paxos")?.at(-1), runs.get("etcd")?.at(-1)];
-      if (p && e) roundRatios.push(p.opsPerSec / e.opsPerSec);
-      if (opts.rounds > 1 && p && e) {
-        console.log(
-          `[bench] round ${round + 1}/${opts.rounds} at c=${concurrency}: paxos/etcd ${fmt(roundRatios.at(-1), 2)}x`,
-        );
+      if (p && e) {
+        const ratio = p.opsPerSec / e.opsPerSec;
+        roundRatios.push(ratio);
+        if (opts.rounds > 1)
+          console.log(
+            `[bench] round ${round + 1}/${opts.rounds} at c=${concurrency}: paxos/etcd ${fmt(ratio, 2)}x`,
+          );
       }
     }
     const row: Row = {

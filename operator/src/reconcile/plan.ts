@@ -199,10 +199,13 @@ export function planNextStep(input: PlanInput): Plan {
     }
     // Fewer voters leave less room for one that is down or still catching up (one that came back
     // without its disk promises nothing until it has): it must be back first.
-    const behind = [...inConfig].find(
-      ([i, c]) => c.role === "voter" && c.name !== m.name && (!readyPod(i) || !caughtUp(c)),
-    );
-    if (m.role === "voter" && behind) {
+    const behind =
+      m.role === "voter"
+        ? [...inConfig].find(
+            ([i, c]) => c.role === "voter" && c.name !== m.name && (!readyPod(i) || !caughtUp(c)),
+          )
+        : undefined;
+    if (behind) {
       const [i, c] = behind;
       return wait(
         "RemovingMember",
