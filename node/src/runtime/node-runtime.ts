@@ -17,7 +17,7 @@ import {
   type Ready,
   type Timing,
 } from "../paxos/core.js";
-import type { Configuration, LogRecord, Message, Value } from "../paxos/types.js";
+import type { Configuration, LogRecord, Member, MemberRole, Message, Value } from "../paxos/types.js";
 import type { AdminRoutes } from "../server/admin-routes.js";
 import type { Metrics } from "../server/metrics.js";
 import { type KvService, type NodeStatus, type ReadConsistency, ServiceError } from "../server/service.js";
@@ -251,19 +251,46 @@ export class NodeRuntime implements KvService {
         openedSm.lastExecutedInstance(),
       );
       const fresh =
+        recovered.initialConfiguration === null &&
         recovered.promised.counter === 0 &&
         recovered.chosenUpTo === -1 &&
         recovered.unchosen.length === 0 &&
         sm.lastExecutedInstance() === -1 &&
         store.instanceId() === -1;
-      const joining = fresh
-        ? await initialMembership(opts)
-        : { membership: foundingMembership(opts), rejoin: null };
+      const joining =
+        recovered.initialConfiguration !== null
+          ? { membership: membershipOf(recovered.initialConfiguration, opts), rejoin: null }
+          : fresh
+            ? await initialMembership(opts)
+            : { membership: foundingMembership(opts), rejoin: null };
       let state = recovered;
+      if (recovered.initialConfiguration === null) {
+        // Written before the core starts, with what a rejoin starts with: a crash from here on
+        // restarts with both, neither "fresh" nor taking a --peers that a scale step has changed.
+        const rejoin = joining.rejoin;
+        await paxosLog.persist({
+          records: [],
+          initialConfiguration: configurationOf(joining.membership),
+          ...(rejoin === null ? {} : { promised: rejoin.promised }),
+          ...(rejoin !== null && rejoin.abstainUntil >= 0 ? { abstainUntil: rejoin.abstainUntil } : {}),
+        });
+        if (!fresh)
+          log.info(
+            { voters: joining.membership.voters },
+            "recorded --peers as the configuration this member started with (a log written by an older version)",
+          );
+      } else if (sm.configurations().length === 0 && !sameNames(joining.membership, opts.peers)) {
+        log.info(
+          {
+            peers: [...opts.peers.keys()],
+            voters: joining.membership.voters,
+            learners: joining.membership.learners,
+          },
+          "--peers differs from the configuration this member started with; that one holds until the log chooses one",
+        );
+      }
       if (joining.rejoin !== null) {
-        // Written before the core starts: a crash from here on restarts with it, not as "fresh".
         const { promised, abstainUntil, from } = joining.rejoin;
-        await paxosLog.persist({ promised, records: [], ...(abstainUntil >= 0 ? { abstainUntil } : {}) });
         state = { ...recovered, promised, abstainUntil };
         // Worth a warning when the group lists this member as a voter: it lost its state. A new
         // member, the usual case otherwise, goes through the same steps.
@@ -819,6 +846,31 @@ interface InitialMembership {
 
 function foundingMembership(opts: RuntimeOptions): InitialMembership {
   return { voters: [...opts.peers.keys()], learners: [], addresses: opts.peers };
+}
+
+function configurationOf(m: InitialMembership): Configuration {
+  const member = (name: string, role: MemberRole): Member => ({
+    name,
+    address: m.addresses.get(name) ?? "",
+    role,
+  });
+  return {
+    members: [...m.voters.map((n) => member(n, "voter")), ...m.learners.map((n) => member(n, "learner"))],
+  };
+}
+
+/** The recorded configuration; links, as on a first start, also go to every member of --peers. */
+function membershipOf(config: Configuration, opts: RuntimeOptions): InitialMembership {
+  const addresses = new Map<string, string>();
+  for (const m of config.members) if (m.address !== "") addresses.set(m.name, m.address);
+  for (const [name, address] of opts.peers) addresses.set(name, address);
+  const named = (role: MemberRole) => config.members.filter((m) => m.role === role).map((m) => m.name);
+  return { voters: named("voter"), learners: named("learner"), addresses };
+}
+
+function sameNames(m: InitialMembership, peers: ReadonlyMap<string, string>): boolean {
+  const names = [...m.voters, ...m.learners];
+  return names.length === peers.size && names.every((n) => peers.has(n));
 }
 
 /**

@@ -5,6 +5,8 @@
 //   "Mpromised"                      -> framed writeBallot(promised)
 //   "MchosenUpTo"                    -> framed 8-byte big-endian instance (absent = -1)
 //   "MabstainUntil"                  -> framed 8-byte big-endian instance: see CoreOptions.abstainUntil
+//   "MinitialConfiguration"          -> framed writeConfiguration(config): the configuration this
+//                                       member started with, which holds until the log chooses one
 //   "Mjournal"                       -> framed 8-byte seq + 8-byte offset: where the vote journal's
 //                                       records not yet durable in RocksDB start
 // Every value carries a CRC32 (framing.ts) that is checked on every read.
@@ -25,11 +27,19 @@ import {
   encodeRecord,
   Reader,
   readBallot,
+  readConfiguration,
   valueSize,
   Writer,
   writeBallot,
+  writeConfiguration,
 } from "../paxos/codec.js";
-import { type Ballot, type ChosenEntry, type LogRecord, ZERO_BALLOT } from "../paxos/types.js";
+import {
+  type Ballot,
+  type ChosenEntry,
+  type Configuration,
+  type LogRecord,
+  ZERO_BALLOT,
+} from "../paxos/types.js";
 import { CorruptRecordError, decodeInstance, encodeInstance, frame, unframe } from "./framing.js";
 import { type JournalPosition, VoteJournal } from "./journal.js";
 import { asBuffer, RocksStore, type StoreOp } from "./rocks.js";
@@ -42,6 +52,11 @@ export interface PersistBatch {
   chosenUpTo?: number;
   /** Written once, before the core starts, by a member that rejoins without its state. */
   abstainUntil?: number;
+  /**
+   * Written once, before the core starts: the founding configuration, or the one a joining member
+   * found. A restart takes it instead of `--peers`, which changes with every scale step.
+   */
+  initialConfiguration?: Configuration;
 }
 
 export interface RecoveredLogState {
@@ -55,6 +70,8 @@ export interface RecoveredLogState {
   unchosen: LogRecord[];
   /** Set by a member that rejoined without its state (see CoreOptions.abstainUntil); -1 when none. */
   abstainUntil: number;
+  /** Null in a log written before it was recorded, or never persisted. */
+  initialConfiguration: Configuration | null;
 }
 
 export interface DeleteBelowResult {
@@ -90,6 +107,7 @@ const META_PROMISED = Buffer.from("Mpromised");
 const META_CHOSEN_UP_TO = Buffer.from("MchosenUpTo");
 const META_JOURNAL = Buffer.from("Mjournal");
 const META_ABSTAIN_UNTIL = Buffer.from("MabstainUntil");
+const META_INITIAL_CONFIGURATION = Buffer.from("MinitialConfiguration");
 
 function logKey(instance: number): Buffer {
   const key = Buffer.allocUnsafe(9);
@@ -400,13 +418,18 @@ export class PaxosLog {
     const abstainBytes = await this.readMeta(META_ABSTAIN_UNTIL);
     const abstainUntil =
       abstainBytes === undefined ? -1 : decodeInstance(abstainBytes, "PaxosLog meta abstainUntil");
+    const initialBytes = await this.readMeta(META_INITIAL_CONFIGURATION);
+    const initialConfiguration =
+      initialBytes === undefined
+        ? null
+        : decodeMeta("initial configuration", initialBytes, readConfiguration);
 
     let minInstance = chosenUpTo + 1;
     for await (const [key] of this.store.iterate({ gte: Buffer.from([LOG_PREFIX]), lt: LOG_END, limit: 1 })) {
       minInstance = decodeInstance(key.subarray(1), "PaxosLog key");
     }
     this.lowest = minInstance;
-    return { promised, chosenUpTo, minInstance, unchosen, abstainUntil };
+    return { promised, chosenUpTo, minInstance, unchosen, abstainUntil, initialConfiguration };
   }
 
   /**
@@ -663,6 +686,11 @@ function encodeBatch(batch: PersistBatch): StoreOp[] {
   if (batch.abstainUntil !== undefined) {
     checkInstance("abstainUntil", batch.abstainUntil, 0);
     ops.push({ type: "put", key: META_ABSTAIN_UNTIL, value: frame(encodeInstance(batch.abstainUntil)) });
+  }
+  if (batch.initialConfiguration !== undefined) {
+    const w = new Writer(256);
+    writeConfiguration(w, batch.initialConfiguration);
+    ops.push({ type: "put", key: META_INITIAL_CONFIGURATION, value: frame(w.finish()) });
   }
   if (batch.chosenUpTo !== undefined) {
     checkInstance("chosenUpTo", batch.chosenUpTo, -1);

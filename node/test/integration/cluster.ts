@@ -38,7 +38,7 @@ export interface StatusJson {
   member: string;
   role: string;
   master: string | null;
-  members: { name: string; lag: number | null }[];
+  members: { name: string; role: string; lag: number | null }[];
   instances: {
     chosen: number;
     executed: number;

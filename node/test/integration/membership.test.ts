@@ -418,3 +418,47 @@ test("a learner joins, catches up and is promoted; a voter is removed; all while
   await assertAllReadable(c, learner, writers.acknowledged, true);
   await assertAllReadable(c, master, writers.acknowledged);
 });
+
+test("a restart keeps the configuration a member started with, whatever --peers a scale step left", async (t) => {
+  const c = await Cluster.start(3, { token: TOKEN });
+  t.after(() => c.destroy());
+  const master = await masterOf(c);
+  assert.equal((await c.put(master, "before-scale", "ok")).status, 200);
+
+  // A new member that the group has not added yet: it joins as a learner of the running group.
+  const learner = await c.addMember();
+  c.startMember(learner);
+  await waitFor(30_000, `${learner} to join as a learner`, async () =>
+    (await c.status(learner))?.role === "learner" ? true : undefined,
+  );
+
+  // From now on every start gets the longer --peers, as pods do after a scale step. Nothing the
+  // log chose names the new member, so only what each member recorded can keep it a learner.
+  const founder = c.members.find((m) => m.name !== master && m.name !== learner)!.name;
+  await c.kill(founder);
+  await c.kill(learner);
+  c.startMember(founder);
+  c.startMember(learner);
+  const founding = ["n1:voter", "n2:voter", "n3:voter"];
+  for (const [name, expected] of [
+    [founder, founding],
+    [learner, [...founding, `${learner}:learner`]],
+  ] as const) {
+    const view = await waitFor(
+      30_000,
+      `${name} to serve its status again`,
+      async () => (await c.status(name)) ?? undefined,
+    );
+    assert.deepStrictEqual(
+      view.members.map((m) => `${m.name}:${m.role}`).sort(),
+      expected,
+      `${name}'s configuration after its restart`,
+    );
+  }
+  await waitFor(30_000, `${learner} to be a learner again`, async () =>
+    (await c.status(learner))?.role === "learner" ? true : undefined,
+  );
+  assert.equal((await c.put(founder, "after-restarts", "ok")).status, 200);
+  assert.deepEqual(await c.stop(founder), { code: 0, signal: null });
+  assert.match(c.logs(founder), /--peers differs from the configuration this member started with/);
+});

@@ -61,6 +61,7 @@ describe("PaxosLog persist and recover", () => {
         minInstance: 0,
         unchosen: [],
         abstainUntil: -1,
+        initialConfiguration: null,
       });
     });
   });
@@ -105,6 +106,7 @@ describe("PaxosLog persist and recover", () => {
         minInstance: 0,
         unchosen: [],
         abstainUntil: -1,
+        initialConfiguration: null,
       });
       assert.deepEqual(await log.readChosen(0, 10, 1 << 20), [{ instance: 0, value: value(0) }]);
     });
@@ -149,6 +151,7 @@ describe("PaxosLog persist and recover", () => {
         minInstance: 0,
         unchosen: [],
         abstainUntil: -1,
+        initialConfiguration: null,
       });
     });
   });
@@ -296,6 +299,25 @@ describe("PaxosLog group commit", () => {
     await withLog(dir, async (log) => {
       const state = await log.recover();
       assert.equal(state.abstainUntil, 41);
+      assert.deepEqual(state.promised, B2);
+    });
+  });
+
+  test("the configuration a member started with survives a reopen, with its promise in one batch", async () => {
+    const dir = await tempDir();
+    const initialConfiguration = {
+      members: [
+        { name: "a", address: "10.0.0.1:7000", role: "voter" as const },
+        { name: "b", address: "10.0.0.2:7000", role: "voter" as const },
+        { name: "c", address: "", role: "learner" as const },
+      ],
+    };
+    await withLog(dir, async (log) => {
+      await log.persist({ promised: B2, records: [], initialConfiguration });
+    });
+    await withLog(dir, async (log) => {
+      const state = await log.recover();
+      assert.deepEqual(state.initialConfiguration, initialConfiguration);
       assert.deepEqual(state.promised, B2);
     });
   });
