@@ -12,7 +12,10 @@
 // lists it as, it keeps asking until enough of the voters other than itself have answered that
 // every majority of the group has one of them among its other members (voters - majority + 1 of
 // them), and joins with the highest ballot they promised and the highest instance they have voted
-// on or know chosen (README, "A member without its state"). A new member pays a round of questions.
+// on or know chosen (README, "A member without its state"). While a configuration is chosen but
+// not yet in force, both it and the one in force decide instances, so it asks enough of each. Of
+// the seeds that answer, the one that has seen the most instances names the configurations. A new
+// member pays a round of questions.
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage } from "node:http";
@@ -29,6 +32,11 @@ export interface GroupAnswer {
   /** False from a member that has no state yet (it is founding or joining too). */
   readonly established: boolean;
   readonly members: readonly Member[];
+  /**
+   * A configuration chosen but not yet in force at the answering member, which decides the
+   * instances from its activation on (absent when none, and from members of older versions).
+   */
+  readonly pending?: readonly Member[];
   /** An established member's highest promised ballot (absent from members of older versions). */
   readonly promised?: Ballot;
   /** An established member's highest instance voted on or known chosen. */
@@ -73,7 +81,7 @@ export async function discoverGroup(opts: {
     let lastLog = performance.now();
     for (;;) {
       const answers = await Promise.all(seeds.map(([, address]) => ask(address, opts).catch(() => null)));
-      const established = answers.find((a) => a?.established);
+      const established = mostAdvanced(answers);
       if (established) {
         return { founding: false, members: established.members, rejoin: await askVoters(established, opts) };
       }
@@ -93,18 +101,31 @@ export async function discoverGroup(opts: {
   }
 }
 
+/** The established answer that has seen the most instances: its configurations are the newest. */
+function mostAdvanced(answers: readonly (GroupAnswer | null)[]): GroupAnswer | undefined {
+  let best: GroupAnswer | undefined;
+  for (const a of answers) {
+    if (!a?.established) continue;
+    if (best === undefined || (a.highestInstance ?? -1) > (best.highestInstance ?? -1)) best = a;
+  }
+  return best;
+}
+
 /**
- * Asks the other voters of `found`'s configuration until enough of them have answered (see the
- * top of this file). Waits as long as it takes: voting with less would be unsafe.
+ * Asks the other voters of `found`'s configurations (in force, and pending if any) until enough of
+ * each have answered (see the top of this file). Waits as long as it takes: voting with less would
+ * be unsafe. `found`'s own answer counts too: a higher ballot or instance only makes it wait longer.
  */
 async function askVoters(
   found: GroupAnswer,
   opts: { self: string; token?: string; logger: Logger },
 ): Promise<Rejoin> {
-  const config = { members: found.members };
-  const voters = found.members.filter((m) => m.role === "voter" && m.name !== opts.self);
-  const needed = votersOf(config).length - majority(config) + 1;
-  if (voters.length < needed) {
+  const configs = [found.members, ...(found.pending === undefined ? [] : [found.pending])].map((members) => {
+    const config = { members };
+    const others = members.filter((m) => m.role === "voter" && m.name !== opts.self);
+    return { others, needed: votersOf(config).length - majority(config) + 1 };
+  });
+  if (configs.some((c) => c.others.length < c.needed)) {
     // Only a single-voter group gets here: its one voter lost its state, and nobody can say
     // what it had promised or chosen. Starting anyway could undo acknowledged writes.
     throw new Error(
@@ -112,19 +133,21 @@ async function askVoters(
         "lost unless a learner holds it; refusing to start rather than decide those instances again",
     );
   }
+  const voters = new Map(configs.flatMap((c) => c.others.map((m) => [m.name, m.address] as const)));
   const answered = new Map<string, GroupAnswer>();
+  const enough = () => configs.every((c) => c.others.filter((m) => answered.has(m.name)).length >= c.needed);
   let lastLog = performance.now();
   for (;;) {
-    const missing = voters.filter((v) => !answered.has(v.name));
-    const answers = await Promise.all(missing.map((v) => ask(v.address, opts).catch(() => null)));
-    missing.forEach((v, i) => {
+    const missing = [...voters].filter(([name]) => !answered.has(name));
+    const answers = await Promise.all(missing.map(([, address]) => ask(address, opts).catch(() => null)));
+    missing.forEach(([name], i) => {
       const a = answers[i];
       if (a?.established && a.promised !== undefined && a.highestInstance !== undefined)
-        answered.set(v.name, a);
+        answered.set(name, a);
     });
-    if (answered.size >= needed) {
-      let promised = ZERO_BALLOT;
-      let abstainUntil = -1;
+    if (enough()) {
+      let promised = found.promised ?? ZERO_BALLOT;
+      let abstainUntil = found.highestInstance ?? -1;
       for (const a of answered.values()) {
         if (compareBallots(a.promised!, promised) > 0) promised = a.promised!;
         abstainUntil = Math.max(abstainUntil, a.highestInstance!);
@@ -134,7 +157,11 @@ async function askVoters(
     if (performance.now() - lastLog > PROGRESS_LOG_MS) {
       lastLog = performance.now();
       opts.logger.warn(
-        { answered: [...answered.keys()], needed, voters: voters.map((v) => v.name) },
+        {
+          answered: [...answered.keys()],
+          needed: configs.map((c) => c.needed),
+          voters: configs.map((c) => c.others.map((m) => m.name)),
+        },
         "no state here and the group is running: waiting for enough of its other voters to answer before joining",
       );
     }

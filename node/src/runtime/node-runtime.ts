@@ -167,7 +167,13 @@ export class NodeRuntime implements KvService {
         [GROUP_PATH]: (ws) => {
           const s = this.core.status();
           const established = s.chosenUpTo >= 0 || s.master !== null || s.promised.counter > 0;
-          answerGroup(ws, { established, members: s.configuration.members, ...this.core.rejoinAnswer() });
+          const pending = s.configuration.pending;
+          answerGroup(ws, {
+            established,
+            members: s.configuration.members,
+            ...(pending === null ? {} : { pending: pending.members }),
+            ...this.core.rejoinAnswer(),
+          });
         },
       },
     });

@@ -358,10 +358,19 @@ export function runSimulation(opts: SimOptions): SimResult {
     // Whatever the latest configuration says of it: a member removed before it lost its disk may
     // still have votes that a member cut off since then counts on.
     if (opts.amnesia === "protected") {
-      const others = votersOf(config).filter((n) => n !== m.name);
-      const needed = votersOf(config).length - majority(config) + 1;
+      // As the runtime's discovery: the configuration in force past what the group has chosen,
+      // and the latest one too while it is pending; enough of the other voters of each.
+      const frontier = Math.max(
+        ...[...members.values()].map((x) => x.core?.status().chosenUpTo ?? x.durable.chosenUpTo),
+      );
+      const inForce = globalConfigAt(frontier + 1);
       const asked: MemberId[] = [];
-      while (asked.length < needed) asked.push(rng.pick(others.filter((n) => !asked.includes(n))));
+      for (const c of inForce === config ? [config] : [inForce, config]) {
+        const others = votersOf(c).filter((n) => n !== m.name);
+        const needed = votersOf(c).length - majority(c) + 1;
+        const count = () => asked.filter((n) => others.includes(n)).length;
+        while (count() < needed) asked.push(rng.pick(others.filter((n) => !asked.includes(n))));
+      }
       for (const name of asked) {
         const other = members.get(name)!;
         const answer = other.core?.rejoinAnswer() ?? {

@@ -130,3 +130,47 @@ test("the only voter of a running group, without its state, refuses to start", a
   }));
   await assert.rejects(discover("me", new Map([["l1", learner]])), /only voter of a running group/);
 });
+
+test("while a removal is pending it asks enough voters of both configurations, named by the most advanced seed", async () => {
+  const up = new Set(["v1", "v3"]);
+  const addresses = new Map<string, string>();
+  const current: Member[] = [{ name: "me", address: "", role: "voter" }];
+  const answerOf = new Map<string, GroupAnswer>();
+  for (const name of ["v1", "v2", "v3"]) {
+    const address = await fakePeer(() =>
+      up.has(name) ? answerOf.get(name)! : { established: false, members: [] },
+    );
+    addresses.set(name, address);
+    current.push({ name, address, role: "voter" });
+  }
+  const pending = current.filter((m) => m.name !== "v3");
+  const answer = (i: number, highestInstance: number, withPending: boolean): GroupAnswer => ({
+    established: true,
+    members: current,
+    ...(withPending ? { pending } : {}),
+    promised: { counter: 5 + i, member: `v${i}` },
+    highestInstance,
+  });
+  // v3 has not learned the removal yet; v1 has seen more instances, and the removal with them.
+  answerOf.set("v1", answer(1, 50, true));
+  answerOf.set("v2", answer(2, 40, true));
+  answerOf.set("v3", answer(3, 10, false));
+
+  let settled: Discovery | undefined;
+  // The stale seed comes first: the newest answer must win, not the first.
+  const found = discover("me", new Map([...addresses].reverse())).then((d) => {
+    settled = d;
+    return d;
+  });
+  // v1 and v3 meet every majority of the four voters in force, but of the three pending ones only
+  // v1 answered: a majority of those (the newcomer and v2) would miss it.
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  assert.equal(settled, undefined, "joined without a second voter of the pending configuration");
+  up.add("v2");
+  const d = await found;
+  assert.ok(!d.founding);
+  if (d.founding) return;
+  assert.deepEqual([...d.rejoin.from].sort(), ["v1", "v2", "v3"]);
+  assert.deepEqual(d.rejoin.promised, { counter: 8, member: "v3" });
+  assert.equal(d.rejoin.abstainUntil, 50);
+});
