@@ -476,7 +476,13 @@ export class PaxosCore {
   // ---------------------------------------------------------------------------------------------
   // Public surface
 
-  step(event: CoreEvent): void {
+  /**
+   * Feeds one event. `now` is the shell's clock when it happened (a tick carries its own): what a
+   * message handler records, such as when the master was last heard from, must not take the time
+   * of the last tick, which may be long past now that ticks come only when due (`nextTickAt`).
+   */
+  step(event: CoreEvent, now?: number): void {
+    if (now !== undefined) this.now = Math.max(this.now, now);
     switch (event.type) {
       case "tick":
         this.now = Math.max(this.now, event.now);
@@ -689,6 +695,35 @@ export class PaxosCore {
 
   // ---------------------------------------------------------------------------------------------
   // Time
+
+  /**
+   * The earliest time at which a `tick` may have work: a heartbeat, a commit notice no accept has
+   * carried, a retransmission, an election or handover deadline, a learn request to send or retry.
+   * The shell ticks then (ticking earlier is harmless), so an idle member wakes for what it must
+   * do, not at a fixed rate. A master's heartbeat bounds the wait for everything else it retries
+   * (prepares to voters of a new configuration go again within a heartbeat of being due).
+   * Infinity when nothing is due by the clock.
+   */
+  nextTickAt(): number {
+    const retry = this.timing.retryMs;
+    let at = Number.POSITIVE_INFINITY;
+    const m = this.mastership;
+    if (this.role === "master" && m !== null) {
+      if (m.chosenUnannounced) return this.now;
+      at = m.lastHeartbeat + this.timing.heartbeatMs;
+      for (const f of m.inFlight.values()) at = Math.min(at, f.sentAt + retry);
+      if (m.readRound !== null) at = Math.min(at, m.readRound.sentAt + retry);
+      if (m.handover !== null) at = Math.min(at, m.handover.deadline);
+    } else {
+      at = this.electionDeadline;
+      if (this.candidate !== null) at = Math.min(at, this.candidate.sentAt + retry);
+    }
+    if (this.knownChosenUpTo > this.chosenUpTo || this.abstaining) {
+      const o = this.learnOutstanding;
+      at = Math.min(at, o !== null && o.from === this.chosenUpTo + 1 ? o.sentAt + retry : this.now);
+    }
+    return at;
+  }
 
   private nextElectionDeadline(): number {
     const t = this.timing.electionTimeoutMs;

@@ -60,7 +60,8 @@ export interface RuntimeOptions {
   readonly onCheckpointLoaded: (instance: number, from: string) => void;
 }
 
-const TICK_MS = 10;
+const MIN_TICK_MS = 10;
+const MAX_TICK_MS = 1000;
 /** paxos_member_lag is refreshed at most this often: the lags need the whole membership. */
 const LAG_GAUGE_MS = 1000;
 /** Log records deleted per batch when a received checkpoint replaces the old log. */
@@ -100,6 +101,9 @@ export class NodeRuntime implements KvService {
   private readonly requestTimeoutMs: number;
   private readonly log: Logger;
   private tickTimer: NodeJS.Timeout | null = null;
+  /** When the armed tick fires (meaningful while tickTimer is set). */
+  private tickAt = 0;
+  private ticksStopped = false;
   private flushScheduled = false;
   private flushSoonScheduled = false;
   private transportFlushScheduled = false;
@@ -320,7 +324,7 @@ export class NodeRuntime implements KvService {
     await this.transport.start();
     this.followConfiguration();
     this.checkpoints.start();
-    this.tickTimer = setInterval(() => this.step({ type: "tick", now: performance.now() }), TICK_MS);
+    this.armTick();
     this.updateGauges();
   }
 
@@ -341,7 +345,7 @@ export class NodeRuntime implements KvService {
    */
   private step(event: CoreEvent, soon = false): void {
     if (this.closing && event.type !== "tick" && event.type !== "receive") return;
-    this.core.step(event);
+    this.core.step(event, performance.now());
     if (soon) this.scheduleFlushSoon();
     else this.scheduleFlush();
   }
@@ -366,8 +370,29 @@ export class NodeRuntime implements KvService {
     });
   }
 
+  /**
+   * One timer waits for the core's next deadline (`nextTickAt`): an idle member wakes for its
+   * heartbeats and elections, not 100 times a second. At least MIN_TICK_MS apart, which is also how
+   * long a commit notice that no accept has carried waits for one; at most MAX_TICK_MS, a backstop.
+   */
+  private armTick(): void {
+    if (this.ticksStopped) return;
+    const now = performance.now();
+    const at = Math.min(Math.max(this.core.nextTickAt(), now + MIN_TICK_MS), now + MAX_TICK_MS);
+    if (this.tickTimer !== null) {
+      if (this.tickAt <= at) return;
+      clearTimeout(this.tickTimer);
+    }
+    this.tickAt = at;
+    this.tickTimer = setTimeout(() => {
+      this.tickTimer = null;
+      this.step({ type: "tick", now: performance.now() });
+    }, at - now);
+  }
+
   private flush(): void {
     const rd = this.core.ready();
+    this.armTick();
     for (const env of rd.sendNow) this.transport.send(env.to, env.message);
     // This turn's messages are all gathered: out they go before the persist below is started, so
     // the peers' half of the work (their network hop and fsync) overlaps ours. When values were
@@ -760,7 +785,8 @@ export class NodeRuntime implements KvService {
     const deadline = performance.now() + 5000;
     while (this.proposals.size > 0 && performance.now() < deadline)
       await new Promise((r) => setTimeout(r, 10));
-    if (this.tickTimer !== null) clearInterval(this.tickTimer);
+    this.ticksStopped = true;
+    if (this.tickTimer !== null) clearTimeout(this.tickTimer);
     const stopped = new ServiceError("shutting_down", "the member is shutting down");
     for (const p of [this.proposals, this.forwards, this.localReads, this.remoteReads, this.adminRequests])
       p.rejectAll(stopped);

@@ -72,6 +72,7 @@ export interface SimOptions {
 
 const TIMING: Timing = { heartbeatMs: 40, electionTimeoutMs: 250, retryMs: 80 };
 const TICK_MS = 10;
+const MAX_TICK_MS = 1000;
 const LEARN_BATCH = 8;
 /** Time after the faults stop within which the group must be serving again. */
 const SETTLE_MS = 1000;
@@ -157,6 +158,9 @@ interface SimMember {
   executed: number;
   readonly clockRate: number;
   readonly clockOffset: number;
+  /** The armed tick, as the runtime arms one: when it fires (null when none) and its number. */
+  tickAt: number | null;
+  tickSeq: number;
   /** Client requests waiting for an answer from this member's current life. */
   readonly pending: Map<number, number>;
   /** Read requests waiting: request id -> highest instance acknowledged to a client when the read began. */
@@ -216,6 +220,8 @@ export function runSimulation(opts: SimOptions): SimResult {
       executed: -1,
       clockRate: rng.between(0.85, 1.15),
       clockOffset: rng.between(0, 5000),
+      tickAt: null,
+      tickSeq: 0,
       pending: new Map(),
       pendingReads: new Map(),
     };
@@ -342,7 +348,8 @@ export function runSimulation(opts: SimOptions): SimResult {
     });
     m.pipelineTail = now;
     trace?.(`${now.toFixed(2)} ${m.name} start life=${m.life} chosenUpTo=${m.durable.chosenUpTo}`);
-    scheduleTick(m, m.life);
+    m.tickAt = null;
+    armTick(m);
   }
 
   /**
@@ -439,24 +446,35 @@ export function runSimulation(opts: SimOptions): SimResult {
     for (const [id, req] of adminRequests) if (req.by === m.name) adminRequests.delete(id);
   }
 
-  function scheduleTick(m: SimMember, life: number): void {
-    const jitter = rng.between(0, 2);
-    queue.push(now + TICK_MS / m.clockRate + jitter, () => {
-      if (m.life !== life || m.core === null) return;
+  /**
+   * As the runtime: one tick armed for the core's next deadline, no sooner than TICK_MS and no later
+   * than MAX_TICK_MS of the member's own clock; a later deadline never pushes an armed tick back.
+   */
+  function armTick(m: SimMember): void {
+    const local = localTime(m);
+    const wait = Math.min(Math.max(m.core!.nextTickAt() - local, TICK_MS), MAX_TICK_MS);
+    const at = now + wait / m.clockRate + rng.between(0, 2);
+    if (m.tickAt !== null && m.tickAt <= at) return;
+    m.tickAt = at;
+    const seq = ++m.tickSeq;
+    const life = m.life;
+    queue.push(at, () => {
+      if (m.life !== life || m.core === null || m.tickSeq !== seq) return;
+      m.tickAt = null;
       step(m, { type: "tick", now: localTime(m) });
-      scheduleTick(m, life);
     });
   }
 
   function step(m: SimMember, ev: CoreEvent): void {
     const core = m.core!;
     const wasMaster = core.status().role === "master";
-    core.step(ev);
+    core.step(ev, localTime(m));
     if (!wasMaster && core.status().role === "master") {
       elections++;
       trace?.(`${now.toFixed(2)} ${m.name} becomes master ${JSON.stringify(core.status().ballot)}`);
     }
     processReady(m, core.ready());
+    armTick(m);
   }
 
   function processReady(m: SimMember, rd: Ready): void {
