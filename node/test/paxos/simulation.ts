@@ -353,45 +353,63 @@ export function runSimulation(opts: SimOptions): SimResult {
   }
 
   /**
-   * A member that lost its disk starts again as the runtime's discovery has it: the group lists it
-   * as a voter, so it asks voters that answer for their promised ballot and highest instance, as
-   * many as it takes to meet every majority's other members, and persists the highest of each before
-   * its core starts.
+   * A member that lost its disk starts again as the runtime's discovery has it. Running members
+   * answer; the one that has seen the most instances names the configuration (and the pending one),
+   * which the member starts with. It asks the other voters of each that are running for their
+   * promised ballot and highest instance, as many as it takes to meet every majority's other
+   * members, and persists the highest of all (the naming member's included) before its core
+   * starts. Whatever the configuration says of it: a member removed before it lost its disk may
+   * still have votes that a member cut off since then counts on. Until enough members answer, it
+   * waits, as the runtime does.
    */
   function rejoinEmpty(m: SimMember): void {
-    const config = latestGlobalConfig();
-    m.rejoinConfig = config;
-    m.lostDisk = false;
-    // Whatever the latest configuration says of it: a member removed before it lost its disk may
-    // still have votes that a member cut off since then counts on.
+    const answering = [...members.values()].filter((x) => {
+      const s = x.core?.status();
+      return x !== m && s !== undefined && (s.chosenUpTo >= 0 || s.master !== null || s.promised.counter > 0);
+    });
+    const answers = new Map(answering.map((x) => [x.name, x.core!.rejoinAnswer()]));
+    let named: SimMember | undefined;
+    for (const x of answering) {
+      if (
+        named === undefined ||
+        answers.get(x.name)!.highestInstance > answers.get(named.name)!.highestInstance
+      )
+        named = x;
+    }
+    const waitAndRetry = () =>
+      queue.push(now + 50, () => {
+        if (m.core === null && m.lostDisk) rejoinEmpty(m);
+      });
+    if (named === undefined) return waitAndRetry();
+    const view = named.core!.status().configuration;
+    const configs = [
+      { members: view.members },
+      ...(view.pending === null ? [] : [{ members: view.pending.members }]),
+    ];
+    const asked: MemberId[] = [named.name];
     if (opts.amnesia === "protected") {
-      // As the runtime's discovery: the configuration in force past what the group has chosen,
-      // and the latest one too while it is pending; enough of the other voters of each.
-      const frontier = Math.max(
-        ...[...members.values()].map((x) => x.core?.status().chosenUpTo ?? x.durable.chosenUpTo),
-      );
-      const inForce = globalConfigAt(frontier + 1);
-      const asked: MemberId[] = [];
-      for (const c of inForce === config ? [config] : [inForce, config]) {
-        const others = votersOf(c).filter((n) => n !== m.name);
+      for (const c of configs) {
+        const others = votersOf(c).filter((n) => n !== m.name && answers.has(n));
         const needed = votersOf(c).length - majority(c) + 1;
         const count = () => asked.filter((n) => others.includes(n)).length;
-        while (count() < needed) asked.push(rng.pick(others.filter((n) => !asked.includes(n))));
+        while (count() < needed) {
+          const left = others.filter((n) => !asked.includes(n));
+          if (left.length === 0) return waitAndRetry();
+          asked.push(rng.pick(left));
+        }
       }
       for (const name of asked) {
-        const other = members.get(name)!;
-        const answer = other.core?.rejoinAnswer() ?? {
-          promised: other.durable.promised,
-          highestInstance: Math.max(other.durable.chosenUpTo, ...other.durable.records.keys()),
-        };
+        const answer = answers.get(name)!;
         if (compareBallots(answer.promised, m.durable.promised) > 0) m.durable.promised = answer.promised;
         m.durable.abstainUntil = Math.max(m.durable.abstainUntil, answer.highestInstance);
       }
       trace?.(
-        `${now.toFixed(2)} ${m.name} rejoins empty: asked ${asked.join(",")}, promised ` +
-          `${JSON.stringify(m.durable.promised)}, abstains until ${m.durable.abstainUntil}`,
+        `${now.toFixed(2)} ${m.name} rejoins empty: ${named.name} names the configuration, asked ` +
+          `${asked.join(",")}, promised ${JSON.stringify(m.durable.promised)}, abstains until ${m.durable.abstainUntil}`,
       );
     }
+    m.rejoinConfig = configs[0]!;
+    m.lostDisk = false;
     start(m);
   }
 
