@@ -87,9 +87,10 @@ if (only !== undefined) {
 
   test("simulation: seeds past the range above that once failed with lost disks and membership changes", () => {
     // 100890, 101084: a removed voter back without its disk promised a member of its old
-    // configuration. 110664: current voters followed a removed member as master. The others: the
-    // simulation's own guards (two voters, the only voter, requests in flight).
-    for (const seed of [100890, 100968, 101084, 104806, 105021, 108116, 109827, 110664, 111929]) {
+    // configuration. 110664: current voters followed a removed member as master. 100318: the
+    // simulation's rejoin gave the newest configuration, which the runtime cannot know. The others:
+    // the simulation's own guards (two voters, the only voter, requests in flight).
+    for (const seed of [100318, 100890, 100968, 101084, 104806, 105021, 108116, 109827, 110664, 111929]) {
       runSimulation({ ...membershipOptions(seed), amnesia: "protected" });
     }
   });
