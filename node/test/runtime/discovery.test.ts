@@ -52,6 +52,20 @@ async function discover(self: string, peers: Map<string, string>): Promise<Disco
   });
 }
 
+/** Starts discovery and says, `ms` later, whether it is still waiting; `result` settles after that. */
+async function discoverFor(
+  ms: number,
+  self: string,
+  peers: Map<string, string>,
+): Promise<{ waiting: boolean; result: Promise<Discovery> }> {
+  let settled = false;
+  const result = discover(self, peers).finally(() => {
+    settled = true;
+  });
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  return { waiting: !settled, result };
+}
+
 test("a voter without state waits for 3 of its 4 fellow voters, then rejoins with their highest ballot and instance", async () => {
   const names = ["v1", "v2", "v3", "v4"];
   const up = new Set(["v1", "v2"]);
@@ -70,16 +84,11 @@ test("a voter without state waits for 3 of its 4 fellow voters, then rejoins wit
     });
   }
   const peers = new Map(members.map((m) => [m.name, m.address] as [string, string]));
-  let settled: Discovery | undefined;
-  const found = discover("me", peers).then((d) => {
-    settled = d;
-    return d;
-  });
+  const found = await discoverFor(1500, "me", peers);
   // Two answers are not enough: a majority of five (the newcomer and two others) could miss both.
-  await new Promise((resolve) => setTimeout(resolve, 1500));
-  assert.equal(settled, undefined, "rejoined with two answers");
+  assert.ok(found.waiting, "rejoined with two answers");
   up.add("v3");
-  const d = await found;
+  const d = await found.result;
   assert.equal(d.founding, false);
   assert.ok(!d.founding && d.rejoin !== null);
   if (d.founding || d.rejoin === null) return;
@@ -156,18 +165,13 @@ test("while a removal is pending it asks enough voters of both configurations, n
   answerOf.set("v2", answer(2, 40, true));
   answerOf.set("v3", answer(3, 10, false));
 
-  let settled: Discovery | undefined;
   // The stale seed comes first: the newest answer must win, not the first.
-  const found = discover("me", new Map([...addresses].reverse())).then((d) => {
-    settled = d;
-    return d;
-  });
+  const found = await discoverFor(1500, "me", new Map([...addresses].reverse()));
   // v1 and v3 meet every majority of the four voters in force, but of the three pending ones only
   // v1 answered: a majority of those (the newcomer and v2) would miss it.
-  await new Promise((resolve) => setTimeout(resolve, 1500));
-  assert.equal(settled, undefined, "joined without a second voter of the pending configuration");
+  assert.ok(found.waiting, "joined without a second voter of the pending configuration");
   up.add("v2");
-  const d = await found;
+  const d = await found.result;
   assert.ok(!d.founding);
   if (d.founding) return;
   assert.deepEqual([...d.rejoin.from].sort(), ["v1", "v2", "v3"]);
