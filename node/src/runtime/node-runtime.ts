@@ -261,57 +261,16 @@ export class NodeRuntime implements KvService {
         openedSm.lastExecutedInstance(),
       );
       const fresh =
-        recovered.initialConfiguration === null &&
         recovered.promised.counter === 0 &&
         recovered.chosenUpTo === -1 &&
         recovered.unchosen.length === 0 &&
         sm.lastExecutedInstance() === -1 &&
         store.instanceId() === -1;
-      const joining =
-        recovered.initialConfiguration !== null
-          ? { membership: membershipOf(recovered.initialConfiguration, opts), rejoin: null }
-          : fresh
-            ? await initialMembership(opts)
-            : { membership: foundingMembership(opts), rejoin: null };
-      let state = recovered;
-      if (recovered.initialConfiguration === null) {
-        // Written before the core starts, with what a rejoin starts with: a crash from here on
-        // restarts with both, neither "fresh" nor taking a --peers that a scale step has changed.
-        const rejoin = joining.rejoin;
-        await paxosLog.persist({
-          records: [],
-          initialConfiguration: configurationOf(joining.membership),
-          ...(rejoin === null ? {} : { promised: rejoin.promised }),
-          ...(rejoin !== null && rejoin.abstainUntil >= 0 ? { abstainUntil: rejoin.abstainUntil } : {}),
-        });
-        if (!fresh)
-          log.info(
-            { voters: joining.membership.voters },
-            "recorded --peers as the configuration this member started with (a log written by an older version)",
-          );
-      } else if (sm.configurations().length === 0 && !sameNames(joining.membership, opts.peers)) {
-        log.info(
-          {
-            peers: [...opts.peers.keys()],
-            voters: joining.membership.voters,
-            learners: joining.membership.learners,
-          },
-          "--peers differs from the configuration this member started with; that one holds until the log chooses one",
-        );
-      }
-      if (joining.rejoin !== null) {
-        const { promised, abstainUntil, from } = joining.rejoin;
-        state = { ...recovered, promised, abstainUntil };
-        // Worth a warning when the group lists this member as a voter: it lost its state. A new
-        // member, the usual case otherwise, goes through the same steps.
-        const listedVoter = joining.membership.voters.includes(opts.member);
-        log[listedVoter ? "warn" : "info"](
-          { promised, abstainUntil, answeredBy: from },
-          "no state here and the group is running: joining with the promised ballot of its other voters, " +
-            "and promising nothing until every instance up to abstainUntil is learned",
-        );
-      }
-      return new NodeRuntime(opts, paxosLog, sm, state, replayed, store, cleaner, joining.membership);
+      const { membership, state } = await startingMembership(opts, paxosLog, recovered, {
+        fresh,
+        configurationChosen: sm.configurations().length > 0,
+      });
+      return new NodeRuntime(opts, paxosLog, sm, state, replayed, store, cleaner, membership);
     } catch (e) {
       await sm?.close();
       await paxosLog?.close();
@@ -874,6 +833,58 @@ interface InitialMembership {
   readonly learners: readonly string[];
   /** Every member's peer address, self included. */
   readonly addresses: ReadonlyMap<string, string>;
+}
+
+/**
+ * The configuration this start builds the core from, and the acceptor state it starts with. A
+ * member that recorded the configuration it started with takes that record. Otherwise this is its
+ * first start (or its log predates the record): a member without any state founds the group or
+ * joins it (discovery.ts), one with state takes --peers, and either way the result is recorded,
+ * with a rejoin's promise, before the core starts, so a crash from here on restarts with both:
+ * neither "fresh" nor taking a --peers that a scale step has changed.
+ */
+async function startingMembership(
+  opts: RuntimeOptions,
+  paxosLog: PaxosLog,
+  recovered: RecoveredLogState,
+  { fresh, configurationChosen }: { fresh: boolean; configurationChosen: boolean },
+): Promise<{ membership: InitialMembership; state: RecoveredLogState }> {
+  const log = opts.logger;
+  if (recovered.initialConfiguration !== null) {
+    const membership = membershipOf(recovered.initialConfiguration, opts);
+    if (!configurationChosen && !sameNames(membership, opts.peers)) {
+      log.info(
+        { peers: [...opts.peers.keys()], voters: membership.voters, learners: membership.learners },
+        "--peers differs from the configuration this member started with; that one holds until the log chooses one",
+      );
+    }
+    return { membership, state: recovered };
+  }
+  const { membership, rejoin } = fresh
+    ? await initialMembership(opts)
+    : { membership: foundingMembership(opts), rejoin: null };
+  await paxosLog.persist({
+    records: [],
+    initialConfiguration: configurationOf(membership),
+    ...(rejoin === null ? {} : { promised: rejoin.promised }),
+    ...(rejoin !== null && rejoin.abstainUntil >= 0 ? { abstainUntil: rejoin.abstainUntil } : {}),
+  });
+  if (!fresh) {
+    log.info(
+      { voters: membership.voters },
+      "recorded --peers as the configuration this member started with (a log written by an older version)",
+    );
+  }
+  if (rejoin === null) return { membership, state: recovered };
+  const { promised, abstainUntil, from } = rejoin;
+  // Worth a warning when the group lists this member as a voter: it lost its state. A new
+  // member, the usual case otherwise, goes through the same steps.
+  log[membership.voters.includes(opts.member) ? "warn" : "info"](
+    { promised, abstainUntil, answeredBy: from },
+    "no state here and the group is running: joining with the promised ballot of its other voters, " +
+      "and promising nothing until every instance up to abstainUntil is learned",
+  );
+  return { membership, state: { ...recovered, promised, abstainUntil } };
 }
 
 function foundingMembership(opts: RuntimeOptions): InitialMembership {
