@@ -702,11 +702,10 @@ export class PaxosCore {
    * The shell ticks then (ticking earlier is harmless), so an idle member wakes for what it must
    * do, not at a fixed rate. A master's heartbeat bounds the wait for everything else it retries
    * (prepares to voters of a new configuration go again within a heartbeat of being due).
-   * Infinity when nothing is due by the clock.
    */
   nextTickAt(): number {
     const retry = this.timing.retryMs;
-    let at = Number.POSITIVE_INFINITY;
+    let at: number;
     const m = this.mastership;
     if (this.role === "master" && m !== null) {
       if (m.chosenUnannounced) return this.now;
