@@ -16,8 +16,8 @@ each concurrency level, and prints ops/s, p50 and p99 with the paxos/etcd ratios
 
   --seconds N          measured seconds per system and level (default: BENCH_SECONDS or 10)
   --warmup N           unmeasured seconds before each measurement (default 1)
-  --prime N            unmeasured seconds of load at concurrency 64 for each system once it is
-                       up, before the first level (default 10; 0 skips it)
+  --prime N            unmeasured seconds of load at concurrency 64, then N more at concurrency 1,
+                       for each system once it is up, before the first level (default 10; 0 skips it)
   --concurrency LIST   comma-separated levels (default 1,16,64,256)
   --rounds N           measure each level N times, the systems alternating, and report each
                        system's median run and the spread of the per-round ratios (default 1;
@@ -34,7 +34,12 @@ each concurrency level, and prints ops/s, p50 and p99 with the paxos/etcd ratios
 type System = "paxos" | "etcd";
 type Reference = "reference" | "bare";
 const REFERENCES: readonly Reference[] = ["reference", "bare"];
-const PRIME_CONCURRENCY = 64;
+/**
+ * Priming loads: the batched paths of high concurrency, then the one-write-at-a-time paths of
+ * concurrency 1, which run other code (measured: 10 s at 64 alone left paxos-node compiling the
+ * concurrency-1 paths during that level's run, 389-434 ops/s against 499-560 once primed there too).
+ */
+const PRIME_CONCURRENCIES = [64, 1];
 
 interface Options {
   seconds: number;
@@ -326,26 +331,28 @@ async function main(opts: Options): Promise<void> {
   }
 
   // Steady state, not start-up, is what the levels measure: paxos-node's JIT compiles its hot paths
-  // only after some thousands of requests (at concurrency 1 that is most of a run), and etcd's
-  // first writes also fill its caches. Every system gets the same load first.
+  // only after some thousands of requests, the paths of one write at a time apart from the batched
+  // ones, and etcd's first writes also fill its caches. Every system gets the same load first.
   if (opts.primeSeconds > 0) {
     const toPrime: [string, () => Promise<number>, RequestFactory][] = [];
     if (paxos) toPrime.push(["paxos", () => paxos.masterPort(), paxosPut]);
     if (etcd) toPrime.push(["etcd", () => etcd.leaderPort(), etcdPut]);
     for (const [name, system] of references) toPrime.push([name, async () => system.port, referencePut]);
     for (const [name, port, build] of toPrime) {
-      const primed = await runLoad({
-        concurrency: PRIME_CONCURRENCY,
-        client: opts.client,
-        seconds: opts.primeSeconds,
-        warmupSeconds: 0,
-        signal: interrupt.signal,
-        port: await port(),
-        build,
-      });
-      console.log(
-        `[bench] primed ${name}: ${primed.ops} writes in ${fmt(primed.seconds, 1)} s at concurrency ${PRIME_CONCURRENCY}, not counted`,
-      );
+      for (const concurrency of PRIME_CONCURRENCIES) {
+        const primed = await runLoad({
+          concurrency,
+          client: opts.client,
+          seconds: opts.primeSeconds,
+          warmupSeconds: 0,
+          signal: interrupt.signal,
+          port: await port(),
+          build,
+        });
+        console.log(
+          `[bench] primed ${name}: ${primed.ops} writes in ${fmt(primed.seconds, 1)} s at concurrency ${concurrency}, not counted`,
+        );
+      }
     }
   }
 
@@ -408,7 +415,9 @@ async function main(opts: Options): Promise<void> {
   console.log(
     `\n${date}, ${m.cores} x ${m.cpu}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, ` +
       `load average ${m.loadAverage1m} at start` +
-      (opts.primeSeconds > 0 ? `, each system primed for ${opts.primeSeconds} s` : "") +
+      (opts.primeSeconds > 0
+        ? `, each system primed for ${opts.primeSeconds} s at concurrency ${PRIME_CONCURRENCIES.join(" and ")}`
+        : "") +
       (etcdVersion ? `, etcd ${etcdVersion}` : "") +
       `; ${opts.seconds} s per run after ${opts.warmupSeconds} s warm-up` +
       (opts.rounds > 1 ? `, median run of ${opts.rounds} rounds per system and level` : "") +
