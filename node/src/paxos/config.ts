@@ -10,6 +10,10 @@ export function votersOf(c: Configuration): MemberId[] {
   return c.members.filter((m) => m.role === "voter").map((m) => m.name);
 }
 
+export function learnersOf(c: Configuration): MemberId[] {
+  return c.members.filter((m) => m.role === "learner").map((m) => m.name);
+}
+
 export function roleOf(c: Configuration, name: MemberId): MemberRole | null {
   return c.members.find((m) => m.name === name)?.role ?? null;
 }
@@ -21,6 +25,14 @@ export function isVoter(c: Configuration, name: MemberId): boolean {
 /** Votes needed to decide anything in `c`: a majority of its voters. */
 export function majority(c: Configuration): number {
   return Math.floor(votersOf(c).length / 2) + 1;
+}
+
+/**
+ * Answers a member without its state needs from the other voters of `c` before it votes: enough
+ * that every majority has one of them among its members other than the newcomer.
+ */
+export function rejoinAnswersNeeded(c: Configuration): number {
+  return votersOf(c).length - majority(c) + 1;
 }
 
 /** True when the voters of `c` found in `members` are a majority of its voters. */

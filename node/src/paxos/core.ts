@@ -338,6 +338,8 @@ export interface CoreStatus {
 
 /** What a member tells one that rejoins without its state (see CoreOptions.abstainUntil). */
 export interface RejoinAnswer {
+  /** False while this member has no state either: nothing chosen, no master known, nothing promised. */
+  readonly established: boolean;
   /** The highest ballot this member has promised. */
   readonly promised: Ballot;
   /**
@@ -581,7 +583,8 @@ export class PaxosCore {
     let highest = Math.max(this.chosenUpTo, this.knownChosenUpTo);
     for (const instance of this.votes.keys()) highest = Math.max(highest, instance);
     for (const instance of this.chosenAhead.keys()) highest = Math.max(highest, instance);
-    return { promised: this.promised, highestInstance: highest };
+    const established = this.chosenUpTo >= 0 || this.master !== null || this.promised.counter > 0;
+    return { established, promised: this.promised, highestInstance: highest };
   }
 
   /**
@@ -679,7 +682,7 @@ export class PaxosCore {
 
   /** Learners never campaign, nor does a member that is a voter in no configuration it knows of. */
   private mayCampaign(): boolean {
-    return !this.abstaining && this.liveConfigs().some((c) => isVoter(c, this.self));
+    return !this.abstaining && this.mayLead(this.self);
   }
 
   /** False when this member knows it is no voter at `instance`: it then does not vote there. */

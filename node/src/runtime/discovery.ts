@@ -22,7 +22,7 @@ import { createServer, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import WebSocket, { WebSocketServer } from "ws";
-import { majority, votersOf } from "../paxos/config.js";
+import { rejoinAnswersNeeded } from "../paxos/config.js";
 import { type Ballot, compareBallots, type Member, ZERO_BALLOT } from "../paxos/types.js";
 import { MEMBER_HEADER } from "../transport/peer-transport.js";
 
@@ -120,11 +120,10 @@ async function askVoters(
   found: GroupAnswer,
   opts: { self: string; token?: string; logger: Logger },
 ): Promise<Rejoin> {
-  const configs = [found.members, ...(found.pending === undefined ? [] : [found.pending])].map((members) => {
-    const config = { members };
-    const others = members.filter((m) => m.role === "voter" && m.name !== opts.self);
-    return { others, needed: votersOf(config).length - majority(config) + 1 };
-  });
+  const configs = [found.members, ...(found.pending === undefined ? [] : [found.pending])].map((members) => ({
+    others: members.filter((m) => m.role === "voter" && m.name !== opts.self),
+    needed: rejoinAnswersNeeded({ members }),
+  }));
   if (configs.some((c) => c.others.length < c.needed)) {
     // Only a single-voter group gets here: its one voter lost its state, and nobody can say
     // what it had promised or chosen. Starting anyway could undo acknowledged writes.

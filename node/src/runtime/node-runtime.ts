@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import { CheckpointStore } from "../checkpoint/checkpoint-store.js";
 import { applyPendingInstall, restoreFromLocalCheckpoint } from "../checkpoint/install.js";
 import { CHECKPOINT_PATH } from "../checkpoint/transfer.js";
-import { roleOf } from "../paxos/config.js";
+import { isVoter, learnersOf, roleOf, votersOf } from "../paxos/config.js";
 import {
   type CommittedEntry,
   type CoreEvent,
@@ -17,7 +17,7 @@ import {
   type Ready,
   type Timing,
 } from "../paxos/core.js";
-import type { Configuration, LogRecord, Member, MemberRole, Message, Value } from "../paxos/types.js";
+import type { Configuration, LogRecord, Message, Value } from "../paxos/types.js";
 import type { AdminRoutes } from "../server/admin-routes.js";
 import type { Metrics } from "../server/metrics.js";
 import { type KvService, type NodeStatus, type ReadConsistency, ServiceError } from "../server/service.js";
@@ -131,8 +131,8 @@ export class NodeRuntime implements KvService {
     const recorded = sm.configurations().at(-1);
     this.core = new PaxosCore({
       self: opts.member,
-      voters: initial.voters,
-      learners: initial.learners,
+      voters: votersOf(initial.config),
+      learners: learnersOf(initial.config),
       addresses: Object.fromEntries(initial.addresses),
       configurations: sm.configurations(),
       incarnation: randomBytes(6).toString("hex"),
@@ -170,10 +170,8 @@ export class NodeRuntime implements KvService {
         [CHECKPOINT_PATH]: (ws, member) => this.checkpoints.serve(ws, member),
         [GROUP_PATH]: (ws) => {
           const s = this.core.status();
-          const established = s.chosenUpTo >= 0 || s.master !== null || s.promised.counter > 0;
           const pending = s.configuration.pending;
           answerGroup(ws, {
-            established,
             members: s.configuration.members,
             ...(pending === null ? {} : { pending: pending.members }),
             ...this.core.rejoinAnswer(),
@@ -829,9 +827,9 @@ function executeValue(sm: KvStateMachine, instance: number, value: Value): Promi
 }
 
 interface InitialMembership {
-  readonly voters: readonly string[];
-  readonly learners: readonly string[];
-  /** Every member's peer address, self included. */
+  /** What the core starts with, until the log chooses a configuration. */
+  readonly config: Configuration;
+  /** Every member's peer address, self included, and the rest of --peers: where links go. */
   readonly addresses: ReadonlyMap<string, string>;
 }
 
@@ -852,9 +850,9 @@ async function startingMembership(
   const log = opts.logger;
   if (recovered.initialConfiguration !== null) {
     const membership = membershipOf(recovered.initialConfiguration, opts);
-    if (!configurationChosen && !sameNames(membership, opts.peers)) {
+    if (!configurationChosen && !sameNames(membership.config, opts.peers)) {
       log.info(
-        { peers: [...opts.peers.keys()], voters: membership.voters, learners: membership.learners },
+        { peers: [...opts.peers.keys()], started: membership.config.members },
         "--peers differs from the configuration this member started with; that one holds until the log chooses one",
       );
     }
@@ -865,13 +863,13 @@ async function startingMembership(
     : { membership: foundingMembership(opts), rejoin: null };
   await paxosLog.persist({
     records: [],
-    initialConfiguration: configurationOf(membership),
+    initialConfiguration: membership.config,
     ...(rejoin === null ? {} : { promised: rejoin.promised }),
     ...(rejoin !== null && rejoin.abstainUntil >= 0 ? { abstainUntil: rejoin.abstainUntil } : {}),
   });
   if (!fresh) {
     log.info(
-      { voters: membership.voters },
+      { voters: votersOf(membership.config) },
       "recorded --peers as the configuration this member started with (a log written by an older version)",
     );
   }
@@ -879,7 +877,7 @@ async function startingMembership(
   const { promised, abstainUntil, from } = rejoin;
   // Worth a warning when the group lists this member as a voter: it lost its state. A new
   // member, the usual case otherwise, goes through the same steps.
-  log[membership.voters.includes(opts.member) ? "warn" : "info"](
+  log[isVoter(membership.config, opts.member) ? "warn" : "info"](
     { promised, abstainUntil, answeredBy: from },
     "no state here and the group is running: joining with the promised ballot of its other voters, " +
       "and promising nothing until every instance up to abstainUntil is learned",
@@ -888,18 +886,8 @@ async function startingMembership(
 }
 
 function foundingMembership(opts: RuntimeOptions): InitialMembership {
-  return { voters: [...opts.peers.keys()], learners: [], addresses: opts.peers };
-}
-
-function configurationOf(m: InitialMembership): Configuration {
-  const member = (name: string, role: MemberRole): Member => ({
-    name,
-    address: m.addresses.get(name) ?? "",
-    role,
-  });
-  return {
-    members: [...m.voters.map((n) => member(n, "voter")), ...m.learners.map((n) => member(n, "learner"))],
-  };
+  const members = [...opts.peers].map(([name, address]) => ({ name, address, role: "voter" as const }));
+  return { config: { members }, addresses: opts.peers };
 }
 
 /** The recorded configuration; links, as on a first start, also go to every member of --peers. */
@@ -907,13 +895,11 @@ function membershipOf(config: Configuration, opts: RuntimeOptions): InitialMembe
   const addresses = new Map<string, string>();
   for (const m of config.members) if (m.address !== "") addresses.set(m.name, m.address);
   for (const [name, address] of opts.peers) addresses.set(name, address);
-  const named = (role: MemberRole) => config.members.filter((m) => m.role === role).map((m) => m.name);
-  return { voters: named("voter"), learners: named("learner"), addresses };
+  return { config, addresses };
 }
 
-function sameNames(m: InitialMembership, peers: ReadonlyMap<string, string>): boolean {
-  const names = [...m.voters, ...m.learners];
-  return names.length === peers.size && names.every((n) => peers.has(n));
+function sameNames(config: Configuration, peers: ReadonlyMap<string, string>): boolean {
+  return config.members.length === peers.size && config.members.every((m) => peers.has(m.name));
 }
 
 /**
@@ -932,19 +918,19 @@ async function initialMembership(
     logger: opts.logger,
   });
   if (found.founding) return { membership: foundingMembership(opts), rejoin: null };
-  const members = found.members;
-  const addresses = new Map(members.map((m) => [m.name, m.address]));
-  const own = opts.peers.get(opts.member);
-  if (own !== undefined && !addresses.has(opts.member)) addresses.set(opts.member, own);
-  const self = members.find((m) => m.name === opts.member);
+  const own = opts.peers.get(opts.member) ?? "";
+  const self = found.members.find((m) => m.name === opts.member);
   if (self?.role !== "voter") {
     opts.logger.info(
-      { voters: members.filter((m) => m.role === "voter").map((m) => m.name) },
+      { voters: votersOf({ members: found.members }) },
       "joining a running group as a learner; it must add and promote this member",
     );
   }
-  const learners = members.filter((m) => m.role === "learner").map((m) => m.name);
-  if (self === undefined) learners.push(opts.member);
-  const voters = members.filter((m) => m.role === "voter").map((m) => m.name);
-  return { membership: { voters, learners, addresses }, rejoin: found.rejoin };
+  const members =
+    self === undefined
+      ? [...found.members, { name: opts.member, address: own, role: "learner" as const }]
+      : found.members;
+  const addresses = new Map(members.filter((m) => m.address !== "").map((m) => [m.name, m.address]));
+  if (own !== "" && !addresses.has(opts.member)) addresses.set(opts.member, own);
+  return { membership: { config: { members }, addresses }, rejoin: found.rejoin };
 }

@@ -5,7 +5,7 @@
 // promoted, voters removed, the master among them) and master handovers. Every run checks the
 // safety invariants as it goes and liveness once the faults stop.
 
-import { hasMajority, isOneStep, majority, votersOf } from "../../src/paxos/config.js";
+import { hasMajority, isOneStep, majority, rejoinAnswersNeeded, votersOf } from "../../src/paxos/config.js";
 import { type CoreEvent, PaxosCore, type Ready, type Timing } from "../../src/paxos/core.js";
 import type {
   Ballot,
@@ -363,10 +363,7 @@ export function runSimulation(opts: SimOptions): SimResult {
    * waits, as the runtime does.
    */
   function rejoinEmpty(m: SimMember): void {
-    const answering = [...members.values()].filter((x) => {
-      const s = x.core?.status();
-      return x !== m && s !== undefined && (s.chosenUpTo >= 0 || s.master !== null || s.promised.counter > 0);
-    });
+    const answering = [...members.values()].filter((x) => x !== m && x.core?.rejoinAnswer().established);
     const answers = new Map(answering.map((x) => [x.name, x.core!.rejoinAnswer()]));
     let named: SimMember | undefined;
     for (const x of answering) {
@@ -390,7 +387,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     if (opts.amnesia === "protected") {
       for (const c of configs) {
         const others = votersOf(c).filter((n) => n !== m.name && answers.has(n));
-        const needed = votersOf(c).length - majority(c) + 1;
+        const needed = rejoinAnswersNeeded(c);
         const count = () => asked.filter((n) => others.includes(n)).length;
         while (count() < needed) {
           const left = others.filter((n) => !asked.includes(n));
