@@ -196,7 +196,12 @@ export type CoreEvent =
   /** Master only: change the membership by one step. Answered in `adminDone` or `adminFailed`. */
   | { type: "proposeConfig"; requestId: number; change: ConfigChange }
   /** Master only: hand the mastership to the voter `to`. Answered in `adminDone` or `adminFailed`. */
-  | { type: "transferMaster"; requestId: number; to: MemberId };
+  | { type: "transferMaster"; requestId: number; to: MemberId }
+  /**
+   * A member rejoining without its state asks this one to promise `ballot` (see "A member without
+   * its state" in the README). Answer it with `rejoinAnswer()` once this Ready's persist is synced.
+   */
+  | { type: "fence"; ballot: Ballot };
 
 interface InFlight {
   readonly value: Value;
@@ -348,6 +353,31 @@ export interface RejoinAnswer {
    * of answers that meets every majority.
    */
   readonly highestInstance: number;
+}
+
+/**
+ * The ballot a rejoining member has its answerers promise before it takes their highest instances:
+ * above every ballot they had promised, and so above every ballot it may have voted at (each had
+ * its phase 1 at a majority, which the answers meet).
+ */
+export function fenceBallot(self: MemberId, answers: Iterable<Pick<RejoinAnswer, "promised">>): Ballot {
+  let counter = 0;
+  for (const a of answers) counter = Math.max(counter, a.promised.counter);
+  return { counter: counter + 1, member: self };
+}
+
+/** What a rejoining member starts with: the highest of its answerers' promises and instances. */
+export function rejoinState(answers: Iterable<Omit<RejoinAnswer, "established">>): {
+  promised: Ballot;
+  abstainUntil: number;
+} {
+  let promised = ZERO_BALLOT;
+  let abstainUntil = -1;
+  for (const a of answers) {
+    if (compareBallots(a.promised, promised) > 0) promised = a.promised;
+    abstainUntil = Math.max(abstainUntil, a.highestInstance);
+  }
+  return { promised, abstainUntil };
 }
 
 function emptyReady(): Ready {
@@ -508,6 +538,9 @@ export class PaxosCore {
       case "transferMaster":
         this.onTransferMaster(event.requestId, event.to);
         return;
+      case "fence":
+        this.onFence(event.ballot);
+        return;
     }
   }
 
@@ -580,7 +613,8 @@ export class PaxosCore {
 
   /** For a member that rejoins without its state: see CoreOptions.abstainUntil. */
   rejoinAnswer(): RejoinAnswer {
-    let highest = Math.max(this.chosenUpTo, this.knownChosenUpTo);
+    // While it abstains itself, its own forgotten votes reach up to abstainUntil.
+    let highest = Math.max(this.chosenUpTo, this.knownChosenUpTo, this.abstainUntil);
     for (const instance of this.votes.keys()) highest = Math.max(highest, instance);
     for (const instance of this.chosenAhead.keys()) highest = Math.max(highest, instance);
     const established = this.chosenUpTo >= 0 || this.master !== null || this.promised.counter > 0;
@@ -938,6 +972,19 @@ export class PaxosCore {
     this.sendAfterPersist(from, { type: "promise", ballot, chosenUpTo: this.chosenUpTo, accepted });
   }
 
+  /**
+   * Promising a rejoining member's ballot keeps every ballot it may have voted at before from
+   * gaining a vote here after this member's answer, which reports the votes cast until now. A
+   * master or candidate here runs phase 1 again at once, above the fence, as when refused by it.
+   */
+  private onFence(ballot: Ballot): void {
+    this.observeBallot(ballot);
+    if (compareBallots(ballot, this.promised) <= 0) return;
+    if (this.role !== "follower") return this.startElection(this.candidate?.transfer ?? false);
+    this.promised = ballot;
+    this.persistPromised();
+  }
+
   private onPromise(
     from: MemberId,
     ballot: Ballot,
@@ -1126,7 +1173,9 @@ export class PaxosCore {
     if (compareBallots(promised, own) > 0) {
       // A master refused by a higher promise re-runs phase 1 at once with a higher ballot, so a
       // member that campaigned while cut off cannot depose a healthy master. If another master
-      // is really live, the other acceptors refuse us and name it, and we step down then.
+      // is really live, the other acceptors refuse us and name it, and we step down then. The
+      // new ballot must beat the refusal's, which no message of ours may have carried.
+      this.observeBallot(promised);
       if (this.role === "master") this.startElection(false);
       else this.yieldTo(promised, master);
       return;

@@ -12,10 +12,13 @@
 // lists it as, it keeps asking until enough of the voters other than itself have answered that
 // every majority of the group has one of them among its other members (voters - majority + 1 of
 // them), and joins with the highest ballot they promised and the highest instance they have voted
-// on or know chosen (README, "A member without its state"). While a configuration is chosen but
-// not yet in force, both it and the one in force decide instances, so it asks enough of each. Of
-// the seeds that answer, the one that has seen the most instances names the configurations. A new
-// member pays a round of questions.
+// on or know chosen (README, "A member without its state"). Those answers only tell it a ballot
+// above any it may have voted at: it then has enough voters promise that ballot (`/fence`, the
+// answer goes once the promise is synced) and takes the highest instance they report after it, so
+// no vote its old self counted on can be cast after the answer that should cover it. While a
+// configuration is chosen but not yet in force, both it and the one in force decide instances, so
+// it asks enough of each. Of the seeds that answer, the one that has seen the most instances names
+// the configurations. A new member pays two rounds of questions, and the master one phase 1.
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage } from "node:http";
@@ -23,10 +26,13 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import WebSocket, { WebSocketServer } from "ws";
 import { rejoinAnswersNeeded } from "../paxos/config.js";
-import { type Ballot, compareBallots, type Member, ZERO_BALLOT } from "../paxos/types.js";
+import { fenceBallot, type RejoinAnswer, rejoinState } from "../paxos/core.js";
+import { type Ballot, type Member, ZERO_BALLOT } from "../paxos/types.js";
 import { MEMBER_HEADER } from "../transport/peer-transport.js";
 
 export const GROUP_PATH = "/paxos/group/v1";
+/** The asker sends `{"counter": n}` and is answered once the member has promised (n, asker). */
+export const FENCE_PATH = "/paxos/group/v1/fence";
 
 export interface GroupAnswer {
   /** False from a member that has no state yet (it is founding or joining too). */
@@ -47,8 +53,9 @@ export interface GroupAnswer {
 export interface Rejoin {
   readonly promised: Ballot;
   readonly abstainUntil: number;
-  /** The voters whose answers these are. */
+  /** The voters that promised `fence` and whose answers these are. */
   readonly from: readonly string[];
+  readonly fence: Ballot;
 }
 
 export type Discovery =
@@ -62,6 +69,30 @@ const PROGRESS_LOG_MS = 10_000;
 /** Serves one asker on an established member's peer port. */
 export function answerGroup(ws: WebSocket, answer: GroupAnswer): void {
   ws.send(JSON.stringify(answer), () => ws.close(1000));
+}
+
+/** Serves one fence request (FENCE_PATH) from `member`; `fence` promises the ballot, then answers. */
+export function answerFence(
+  ws: WebSocket,
+  member: string,
+  fence: (ballot: Ballot) => Promise<GroupAnswer>,
+): void {
+  const timer = setTimeout(() => ws.terminate(), ASK_TIMEOUT_MS);
+  ws.once("message", (data) => {
+    clearTimeout(timer);
+    let counter: unknown;
+    try {
+      counter = (JSON.parse(String(data)) as { counter?: unknown }).counter;
+    } catch {}
+    if (typeof counter !== "number" || !Number.isSafeInteger(counter) || counter < 1) {
+      ws.close(1008, 'a fence request is {"counter": a positive integer}');
+      return;
+    }
+    fence({ counter, member }).then(
+      (answer) => answerGroup(ws, answer),
+      () => ws.terminate(),
+    );
+  });
 }
 
 export async function discoverGroup(opts: {
@@ -113,8 +144,9 @@ function mostAdvanced(answers: readonly (GroupAnswer | null)[]): GroupAnswer | u
 
 /**
  * Asks the other voters of `found`'s configurations (in force, and pending if any) until enough of
- * each have answered (see the top of this file). Waits as long as it takes: voting with less would
- * be unsafe. `found`'s own answer counts too: a higher ballot or instance only makes it wait longer.
+ * each have answered, then has enough of each promise a ballot above all they answered (see the
+ * top of this file). Waits as long as it takes: voting with less would be unsafe. `found`'s own
+ * answer counts too: a higher ballot or instance only makes it wait longer.
  */
 async function askVoters(
   found: GroupAnswer,
@@ -132,51 +164,73 @@ async function askVoters(
         "lost unless a learner holds it; refusing to start rather than decide those instances again",
     );
   }
+  const seen = answerOf(found) ?? { promised: ZERO_BALLOT, highestInstance: -1 };
+  const asked = await gatherEnough(configs, (address) => ask(address, opts), "answer", opts.logger);
+  const fence = fenceBallot(opts.self, [seen, ...asked.values()]);
+  const fenced = await gatherEnough(
+    configs,
+    (address) => ask(address, opts, fence.counter),
+    `promise ballot ${fence.counter}`,
+    opts.logger,
+  );
+  return { ...rejoinState([seen, ...fenced.values()]), from: [...fenced.keys()], fence };
+}
+
+function answerOf(a: GroupAnswer | null): Omit<RejoinAnswer, "established"> | null {
+  if (!a?.established || a.promised === undefined || a.highestInstance === undefined) return null;
+  return { promised: a.promised, highestInstance: a.highestInstance };
+}
+
+/** Asks the voters of `configs` until enough of each have answered, retrying the others. */
+async function gatherEnough(
+  configs: readonly { others: readonly Member[]; needed: number }[],
+  askOne: (address: string) => Promise<GroupAnswer>,
+  what: string,
+  logger: Logger,
+): Promise<Map<string, Omit<RejoinAnswer, "established">>> {
   const voters = new Map(configs.flatMap((c) => c.others.map((m) => [m.name, m.address] as const)));
-  const answered = new Map<string, GroupAnswer>();
+  const answered = new Map<string, Omit<RejoinAnswer, "established">>();
   const enough = () => configs.every((c) => c.others.filter((m) => answered.has(m.name)).length >= c.needed);
   let lastLog = performance.now();
   for (;;) {
     const missing = [...voters].filter(([name]) => !answered.has(name));
-    const answers = await Promise.all(missing.map(([, address]) => ask(address, opts).catch(() => null)));
+    const answers = await Promise.all(missing.map(([, address]) => askOne(address).catch(() => null)));
     missing.forEach(([name], i) => {
-      const a = answers[i];
-      if (a?.established && a.promised !== undefined && a.highestInstance !== undefined)
-        answered.set(name, a);
+      const a = answerOf(answers[i] ?? null);
+      if (a !== null) answered.set(name, a);
     });
-    if (enough()) {
-      let promised = found.promised ?? ZERO_BALLOT;
-      let abstainUntil = found.highestInstance ?? -1;
-      for (const a of answered.values()) {
-        if (compareBallots(a.promised!, promised) > 0) promised = a.promised!;
-        abstainUntil = Math.max(abstainUntil, a.highestInstance!);
-      }
-      return { promised, abstainUntil, from: [...answered.keys()] };
-    }
+    if (enough()) return answered;
     if (performance.now() - lastLog > PROGRESS_LOG_MS) {
       lastLog = performance.now();
-      opts.logger.warn(
+      logger.warn(
         {
           answered: [...answered.keys()],
           needed: configs.map((c) => c.needed),
           voters: configs.map((c) => c.others.map((m) => m.name)),
         },
-        "no state here and the group is running: waiting for enough of its other voters to answer before joining",
+        `no state here and the group is running: waiting for enough of its other voters to ${what} before joining`,
       );
     }
     await new Promise((r) => setTimeout(r, RETRY_MS));
   }
 }
 
-function ask(address: string, opts: { self: string; token?: string }): Promise<GroupAnswer> {
+/** Asks one member what it knows; with `fenceCounter`, has it promise (fenceCounter, self) first. */
+function ask(
+  address: string,
+  opts: { self: string; token?: string },
+  fenceCounter?: number,
+): Promise<GroupAnswer> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = { [MEMBER_HEADER]: opts.self };
     if (opts.token !== undefined) headers.Authorization = `Bearer ${opts.token}`;
-    const ws = new WebSocket(`ws://${address}${GROUP_PATH}`, {
+    const path = fenceCounter === undefined ? GROUP_PATH : FENCE_PATH;
+    const ws = new WebSocket(`ws://${address}${path}`, {
       headers,
       perMessageDeflate: false,
       maxPayload: 1 << 20,
     });
+    if (fenceCounter !== undefined) ws.once("open", () => ws.send(JSON.stringify({ counter: fenceCounter })));
     const timer = setTimeout(() => {
       ws.terminate();
       reject(new Error(`no answer from ${address}`));

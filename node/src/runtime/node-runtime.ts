@@ -17,7 +17,7 @@ import {
   type Ready,
   type Timing,
 } from "../paxos/core.js";
-import type { Configuration, LogRecord, Message, Value } from "../paxos/types.js";
+import type { Ballot, Configuration, LogRecord, Message, Value } from "../paxos/types.js";
 import type { AdminRoutes } from "../server/admin-routes.js";
 import type { Metrics } from "../server/metrics.js";
 import { type KvService, type NodeStatus, type ReadConsistency, ServiceError } from "../server/service.js";
@@ -27,7 +27,15 @@ import { PaxosLog, type RecoveredLogState } from "../storage/paxos-log.js";
 import { isCoreMessage, type PeerMessage } from "../transport/peer-message.js";
 import { PeerTransport } from "../transport/peer-transport.js";
 import { CheckpointDriver } from "./checkpoints.js";
-import { answerGroup, discoverGroup, GROUP_PATH, type Rejoin } from "./discovery.js";
+import {
+  answerFence,
+  answerGroup,
+  discoverGroup,
+  FENCE_PATH,
+  GROUP_PATH,
+  type GroupAnswer,
+  type Rejoin,
+} from "./discovery.js";
 import { AdminRefusal, membershipRoutes } from "./membership.js";
 import { PendingRequests, ProgressWaiters } from "./waiters.js";
 
@@ -112,6 +120,7 @@ export class NodeRuntime implements KvService {
   /** Chosen values are executed strictly in instance order. */
   private execution: Promise<void> = Promise.resolve();
   private closing = false;
+  private storageFailed = false;
   private lastRole: string | null = null;
 
   private constructor(
@@ -168,15 +177,8 @@ export class NodeRuntime implements KvService {
       onMessage: (from, message) => this.onPeerMessage(from, message),
       channels: {
         [CHECKPOINT_PATH]: (ws, member) => this.checkpoints.serve(ws, member),
-        [GROUP_PATH]: (ws) => {
-          const s = this.core.status();
-          const pending = s.configuration.pending;
-          answerGroup(ws, {
-            members: s.configuration.members,
-            ...(pending === null ? {} : { pending: pending.members }),
-            ...this.core.rejoinAnswer(),
-          });
-        },
+        [GROUP_PATH]: (ws) => answerGroup(ws, this.groupAnswer()),
+        [FENCE_PATH]: (ws, member) => answerFence(ws, member, (ballot) => this.fence(ballot)),
       },
     });
   }
@@ -463,7 +465,37 @@ export class NodeRuntime implements KvService {
     this.transport.setPeers(next);
   }
 
+  /** What a member without its state asks this one (discovery.ts). */
+  private groupAnswer(): GroupAnswer {
+    const s = this.core.status();
+    const pending = s.configuration.pending;
+    return {
+      members: s.configuration.members,
+      ...(pending === null ? {} : { pending: pending.members }),
+      ...this.core.rejoinAnswer(),
+    };
+  }
+
+  /**
+   * Promises a rejoining member's ballot and answers once that promise is synced: the answer
+   * reports every vote cast here before the promise, and none at a lower ballot can follow it.
+   */
+  private async fence(ballot: Ballot): Promise<GroupAnswer> {
+    if (this.closing || !this.core.rejoinAnswer().established) return this.groupAnswer();
+    this.core.step({ type: "fence", ballot }, performance.now());
+    const answer = this.groupAnswer();
+    this.flush();
+    await this.pipeline;
+    if (this.storageFailed) throw new Error("storage failed before the promise was synced");
+    this.log.info(
+      { ballot, answer: { promised: answer.promised, highestInstance: answer.highestInstance } },
+      "promised a rejoining member's ballot",
+    );
+    return answer;
+  }
+
   private fatal(e: unknown): void {
+    this.storageFailed = true;
     this.log.fatal({ err: e }, "storage failure: the member cannot go on safely");
     this.opts.onFatal(e instanceof Error ? e : new Error(String(e)));
   }
@@ -874,11 +906,11 @@ async function startingMembership(
     );
   }
   if (rejoin === null) return { membership, state: recovered };
-  const { promised, abstainUntil, from } = rejoin;
+  const { promised, abstainUntil, from, fence } = rejoin;
   // Worth a warning when the group lists this member as a voter: it lost its state. A new
   // member, the usual case otherwise, goes through the same steps.
   log[isVoter(membership.config, opts.member) ? "warn" : "info"](
-    { promised, abstainUntil, answeredBy: from },
+    { promised, abstainUntil, answeredBy: from, fence },
     "no state here and the group is running: joining with the promised ballot of its other voters, " +
       "and promising nothing until every instance up to abstainUntil is learned",
   );

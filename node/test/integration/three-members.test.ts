@@ -141,7 +141,8 @@ test("a voter whose data directory is lost rejoins: it promises nothing until it
     level: number;
     abstainUntil: number;
     answeredBy: string[];
-    promised: { counter: number };
+    promised: { counter: number; member: string };
+    fence: { counter: number; member: string };
   };
   assert.equal(rejoin.level, 40, "a voter that lost its state is a warning");
   assert.ok(rejoin.abstainUntil >= chosenAtLoss, `abstainUntil ${rejoin.abstainUntil} < ${chosenAtLoss}`);
@@ -152,7 +153,10 @@ test("a voter whose data directory is lost rejoins: it promises nothing until it
       .map((m) => m.name)
       .sort(),
   );
-  assert.ok(rejoin.promised.counter > 0);
+  // Both promised a ballot of its own above all they had promised, before their second answers.
+  assert.equal(rejoin.fence.member, follower.name);
+  assert.ok(rejoin.promised.counter >= rejoin.fence.counter, "joined below its fence");
+
   cluster.startMember(follower.name);
   cluster.startMember(master);
   await waitCaughtUp(cluster, master, newMaster);

@@ -6,7 +6,14 @@
 // safety invariants as it goes and liveness once the faults stop.
 
 import { hasMajority, isOneStep, majority, rejoinAnswersNeeded, votersOf } from "../../src/paxos/config.js";
-import { type CoreEvent, PaxosCore, type Ready, type Timing } from "../../src/paxos/core.js";
+import {
+  type CoreEvent,
+  fenceBallot,
+  PaxosCore,
+  type Ready,
+  rejoinState,
+  type Timing,
+} from "../../src/paxos/core.js";
 import type {
   Ballot,
   ChosenEntry,
@@ -17,7 +24,7 @@ import type {
   MemberId,
   Value,
 } from "../../src/paxos/types.js";
-import { compareBallots, ZERO_BALLOT } from "../../src/paxos/types.js";
+import { ZERO_BALLOT } from "../../src/paxos/types.js";
 
 /** mulberry32: small, fast, and good enough to drive a simulation reproducibly. */
 export class Rng {
@@ -146,6 +153,8 @@ interface SimMember {
   rejoinConfig: Configuration | null;
   /** Lost its disk and has not started since. */
   lostDisk: boolean;
+  /** Bumped by every rejoin attempt: only the latest may start the member. */
+  rejoinAttempt: number;
   core: PaxosCore | null;
   /** Bumped on every crash: completions scheduled by an earlier life are ignored. */
   life: number;
@@ -212,6 +221,7 @@ export function runSimulation(opts: SimOptions): SimResult {
       joined,
       rejoinConfig: null,
       lostDisk: false,
+      rejoinAttempt: 0,
       core: null,
       life: 0,
       durable: { promised: ZERO_BALLOT, chosenUpTo: -1, records: new Map(), abstainUntil: -1 },
@@ -356,13 +366,16 @@ export function runSimulation(opts: SimOptions): SimResult {
    * A member that lost its disk starts again as the runtime's discovery has it. Running members
    * answer; the one that has seen the most instances names the configuration (and the pending one),
    * which the member starts with. It asks the other voters of each that are running for their
-   * promised ballot and highest instance, as many as it takes to meet every majority's other
-   * members, and persists the highest of all (the naming member's included) before its core
-   * starts. Whatever the configuration says of it: a member removed before it lost its disk may
-   * still have votes that a member cut off since then counts on. Until enough members answer, it
-   * waits, as the runtime does.
+   * promised ballot, as many as it takes to meet every majority's other members, has them promise
+   * a ballot above all of those (the fence), and once each has synced that promise persists the
+   * highest ballot and instance they reported with it (the naming member's included) before its
+   * core starts. Whatever the configuration says of it: a member removed before it lost its disk
+   * may still have votes that a member cut off since then counts on. Until enough members answer,
+   * it waits, as the runtime does; an answerer that crashes before its promise is synced makes it
+   * ask again.
    */
   function rejoinEmpty(m: SimMember): void {
+    const attempt = ++m.rejoinAttempt;
     const answering = [...members.values()].filter((x) => x !== m && x.core?.rejoinAnswer().established);
     const answers = new Map(answering.map((x) => [x.name, x.core!.rejoinAnswer()]));
     let named: SimMember | undefined;
@@ -375,7 +388,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     }
     const waitAndRetry = () =>
       queue.push(now + 50, () => {
-        if (m.core === null && m.lostDisk) rejoinEmpty(m);
+        if (m.core === null && m.lostDisk && m.rejoinAttempt === attempt) rejoinEmpty(m);
       });
     if (named === undefined) return waitAndRetry();
     const view = named.core!.status().configuration;
@@ -383,31 +396,43 @@ export function runSimulation(opts: SimOptions): SimResult {
       { members: view.members },
       ...(view.pending === null ? [] : [{ members: view.pending.members }]),
     ];
-    const asked: MemberId[] = [named.name];
-    if (opts.amnesia === "protected") {
-      for (const c of configs) {
-        const others = votersOf(c).filter((n) => n !== m.name && answers.has(n));
-        const needed = rejoinAnswersNeeded(c);
-        const count = () => asked.filter((n) => others.includes(n)).length;
-        while (count() < needed) {
-          const left = others.filter((n) => !asked.includes(n));
-          if (left.length === 0) return waitAndRetry();
-          asked.push(rng.pick(left));
-        }
+    const join = () => {
+      m.rejoinConfig = configs[0]!;
+      m.lostDisk = false;
+      start(m);
+    };
+    if (opts.amnesia !== "protected") return join();
+    const asked: MemberId[] = [];
+    for (const c of configs) {
+      const others = votersOf(c).filter((n) => n !== m.name && answers.has(n));
+      const needed = rejoinAnswersNeeded(c);
+      const count = () => asked.filter((n) => others.includes(n)).length;
+      while (count() < needed) {
+        const left = others.filter((n) => !asked.includes(n));
+        if (left.length === 0) return waitAndRetry();
+        asked.push(rng.pick(left));
       }
-      for (const name of asked) {
-        const answer = answers.get(name)!;
-        if (compareBallots(answer.promised, m.durable.promised) > 0) m.durable.promised = answer.promised;
-        m.durable.abstainUntil = Math.max(m.durable.abstainUntil, answer.highestInstance);
-      }
-      trace?.(
-        `${now.toFixed(2)} ${m.name} rejoins empty: ${named.name} names the configuration, asked ` +
-          `${asked.join(",")}, promised ${JSON.stringify(m.durable.promised)}, abstains until ${m.durable.abstainUntil}`,
-      );
     }
-    m.rejoinConfig = configs[0]!;
-    m.lostDisk = false;
-    start(m);
+    const fence = fenceBallot(m.name, [answers.get(named.name)!, ...asked.map((n) => answers.get(n)!)]);
+    const fenced = asked.map((name) => {
+      const x = members.get(name)!;
+      step(x, { type: "fence", ballot: fence });
+      // The runtime answers once this Ready's persist is synced: when its pipeline gets there.
+      return { x, life: x.life, answer: x.core!.rejoinAnswer(), syncedAt: x.pipelineTail };
+    });
+    queue.push(Math.max(now, ...fenced.map((f) => f.syncedAt)), () => {
+      if (m.core !== null || !m.lostDisk || m.rejoinAttempt !== attempt) return;
+      if (fenced.some((f) => f.x.life !== f.life)) return rejoinEmpty(m);
+      const joined = rejoinState([answers.get(named.name)!, ...fenced.map((f) => f.answer)]);
+      m.durable.promised = joined.promised;
+      m.durable.abstainUntil = joined.abstainUntil;
+      trace?.(
+        `${now.toFixed(2)} ${m.name} rejoins empty: ${named.name} names the configuration, fenced ` +
+          `${asked.join(",")} at ${JSON.stringify(fence)}, promised ${JSON.stringify(joined.promised)}, ` +
+          `abstains until ${joined.abstainUntil}`,
+      );
+      join();
+    });
   }
 
   /**
@@ -415,11 +440,16 @@ export function runSimulation(opts: SimOptions): SimResult {
    * the other to finish what it had in flight; should that one crash first, both wait for each
    * other (see the core's README). The only voter of a group refuses to start without its disk, as
    * in the runtime. The configuration before the latest still governs the instances below the
-   * latest's activation, so both count.
+   * latest's activation, so both count; so does one that members voted for, which may be chosen
+   * without anyone knowing yet (its proposer crashed, say, which ends its admin request).
    */
   function mayLoseDisk(m: SimMember): boolean {
     if ([...adminRequests.values()].some((r) => changesVoters(r.kind))) return false;
     const recent = [initialConfig, ...chosenConfigs.map(([, c]) => c)].slice(-2);
+    for (const x of members.values()) {
+      for (const rec of x.durable.records.values())
+        if (!rec.chosen && rec.value.kind === "config") recent.push(rec.value.config);
+    }
     return recent.every((c) => {
       const voters = votersOf(c);
       return voters.length !== 2 && !(voters.length === 1 && voters[0] === m.name);

@@ -4,11 +4,13 @@ import type { AddressInfo } from "node:net";
 import { after, test } from "node:test";
 import pino from "pino";
 import { WebSocketServer } from "ws";
-import type { Member } from "../../src/paxos/types.js";
+import { type Ballot, compareBallots, type Member } from "../../src/paxos/types.js";
 import {
+  answerFence,
   answerGroup,
   type Discovery,
   discoverGroup,
+  FENCE_PATH,
   GROUP_PATH,
   type GroupAnswer,
 } from "../../src/runtime/discovery.js";
@@ -21,17 +23,42 @@ after(async () => {
   }
 });
 
-/** A peer port that answers the group question with whatever `answer()` returns at the time. */
-async function fakePeer(answer: () => GroupAnswer): Promise<string> {
+/** Ballots promised through FENCE_PATH, by the peer's address. */
+const fenced = new Map<string, Ballot[]>();
+
+/**
+ * A peer port that answers the group question with whatever `answer()` returns at the time, and a
+ * fence by promising its ballot when higher (an established peer only, as the runtime does).
+ */
+async function fakePeer(answer: () => GroupAnswer, onFence = () => {}): Promise<string> {
   const wss = new WebSocketServer({ noServer: true });
   const server = createServer();
+  let promised: Ballot | undefined;
+  const current = (): GroupAnswer => {
+    const a = answer();
+    if (!a.established || promised === undefined || compareBallots(promised, a.promised!) <= 0) return a;
+    return { ...a, promised };
+  };
   server.on("upgrade", (req, socket, head) => {
-    if (req.url !== GROUP_PATH) return socket.destroy();
-    wss.handleUpgrade(req, socket, head, (ws) => answerGroup(ws, answer()));
+    if (req.url === GROUP_PATH)
+      return wss.handleUpgrade(req, socket, head, (ws) => answerGroup(ws, current()));
+    if (req.url !== FENCE_PATH) return socket.destroy();
+    const member = String(req.headers["x-paxos-member"]);
+    wss.handleUpgrade(req, socket, head, (ws) =>
+      answerFence(ws, member, async (ballot) => {
+        if (!answer().established) return answer();
+        onFence();
+        promised = compareBallots(ballot, current().promised!) > 0 ? ballot : current().promised;
+        fenced.get(address)!.push(ballot);
+        return current();
+      }),
+    );
   });
   servers.push(server);
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  fenced.set(address, []);
+  return address;
 }
 
 async function freePort(): Promise<number> {
@@ -92,9 +119,15 @@ test("a voter without state waits for 3 of its 4 fellow voters, then rejoins wit
   assert.equal(d.founding, false);
   assert.ok(!d.founding && d.rejoin !== null);
   if (d.founding || d.rejoin === null) return;
-  assert.deepEqual(d.rejoin.promised, { counter: 12, member: "v3" });
+  // Above every ballot they answered with, promised by all three before their second answers.
+  const fence = { counter: 13, member: "me" };
+  assert.deepEqual(d.rejoin.fence, fence);
+  assert.deepEqual(d.rejoin.promised, fence);
   assert.equal(d.rejoin.abstainUntil, 300);
   assert.deepEqual([...d.rejoin.from].sort(), ["v1", "v2", "v3"]);
+  for (const m of members.slice(1)) {
+    assert.deepEqual(fenced.get(m.address), m.name === "v4" ? [] : [fence], `${m.name}'s promises`);
+  }
 });
 
 test("a member the group lists as a learner, or not at all, joins with the rule too: it may be a removed voter", async () => {
@@ -108,8 +141,28 @@ test("a member the group lists as a learner, or not at all, joins with the rule 
     const d = await discover("me", new Map([["v1", voter]]));
     assert.ok(!d.founding);
     if (d.founding) return;
-    assert.deepEqual(d.rejoin, { promised: { counter: 3, member: "v1" }, abstainUntil: 7, from: ["v1"] });
+    const fence = { counter: 4, member: "me" };
+    assert.deepEqual(d.rejoin, { promised: fence, abstainUntil: 7, from: ["v1"], fence });
   }
+});
+
+test("it joins with the highest instance answered after the fence: a vote may arrive between the rounds", async () => {
+  let highestInstance = 7;
+  const voter = await fakePeer(
+    () => ({
+      established: true,
+      members: [{ name: "v1", address: voter, role: "voter" }],
+      promised: { counter: 3, member: "v1" },
+      highestInstance,
+    }),
+    () => {
+      highestInstance = 9;
+    },
+  );
+  const d = await discover("me", new Map([["v1", voter]]));
+  assert.ok(!d.founding);
+  if (d.founding) return;
+  assert.equal(d.rejoin.abstainUntil, 9);
 });
 
 test("when a majority of --peers has no state either, the group is founded", async () => {
@@ -175,6 +228,6 @@ test("while a removal is pending it asks enough voters of both configurations, n
   assert.ok(!d.founding);
   if (d.founding) return;
   assert.deepEqual([...d.rejoin.from].sort(), ["v1", "v2", "v3"]);
-  assert.deepEqual(d.rejoin.promised, { counter: 8, member: "v3" });
+  assert.deepEqual(d.rejoin.promised, { counter: 9, member: "me" });
   assert.equal(d.rejoin.abstainUntil, 50);
 });

@@ -1,0 +1,186 @@
+// A member that lost its disk rejoins as discovery.ts has it (answers, fence, answers again), on a
+// hand-driven network: the schedule the README's "A member without its state" argues about, which
+// random runs rarely produce.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { fenceBallot, PaxosCore, type RejoinAnswer, rejoinState } from "../../src/paxos/core.js";
+import { type Ballot, type Envelope, type MemberId, type Value, ZERO_BALLOT } from "../../src/paxos/types.js";
+
+const TICK_MS = 10;
+const NAMES = ["m1", "m2", "m3", "m4", "m5"];
+
+/** A small deterministic generator (mulberry32), one per member life. */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Every persist succeeds at once; messages between members on different sides are lost. */
+class Network {
+  readonly cores = new Map<MemberId, PaxosCore>();
+  /** instance -> value id, as each member executed it. */
+  readonly executed = new Map<MemberId, Map<number, string>>();
+  /** What each member's log holds as chosen, to answer learners from. */
+  private readonly chosen = new Map<MemberId, Map<number, Value>>();
+  readonly acknowledged = new Map<number, { instance: number; valueId: string }>();
+  readonly down = new Set<MemberId>();
+  private sides: Map<MemberId, number> | null = null;
+  private readonly inbox: { from: MemberId; env: Envelope }[] = [];
+  private now = 0;
+  private nextRequestId = 1;
+
+  start(self: MemberId, recovered: { promised: Ballot; abstainUntil: number } | null): void {
+    this.down.delete(self);
+    this.executed.set(self, new Map());
+    this.chosen.set(self, new Map());
+    this.cores.set(
+      self,
+      new PaxosCore({
+        self,
+        voters: NAMES,
+        incarnation: `${self}-${this.now}`,
+        random: seeded(NAMES.indexOf(self) + 1 + this.now),
+        now: this.now,
+        recovered: { promised: recovered?.promised ?? ZERO_BALLOT, chosenUpTo: -1, unchosen: [] },
+        ...(recovered !== null ? { abstainUntil: recovered.abstainUntil } : {}),
+        timing: { heartbeatMs: 20, electionTimeoutMs: 100, retryMs: 40 },
+      }),
+    );
+  }
+
+  /** The disk is gone with the process. */
+  lose(name: MemberId): void {
+    this.down.add(name);
+    this.cores.delete(name);
+  }
+
+  step(name: MemberId, event: Parameters<PaxosCore["step"]>[0]): void {
+    const core = this.cores.get(name)!;
+    core.step(event, this.now);
+    const rd = core.ready();
+    for (const env of [...rd.sendNow, ...rd.send]) this.inbox.push({ from: name, env });
+    const chosen = this.chosen.get(name)!;
+    for (const c of rd.committed) {
+      chosen.set(c.instance, c.value);
+      this.executed.get(name)!.set(c.instance, c.value.id);
+      for (const id of c.requestIds ?? [])
+        this.acknowledged.set(id, { instance: c.instance, valueId: c.value.id });
+    }
+    for (const load of rd.loads) {
+      const entries = [];
+      for (let i = load.from; chosen.has(i) && entries.length < 64; i++)
+        entries.push({ instance: i, value: chosen.get(i)! });
+      this.step(name, { type: "learnLoaded", to: load.to, entries });
+    }
+  }
+
+  partition(groups: MemberId[][] | null): void {
+    this.sides = groups === null ? null : new Map(groups.flatMap((g, i) => g.map((n) => [n, i] as const)));
+  }
+
+  run(ms: number): void {
+    for (let t = 0; t < ms; t += TICK_MS) {
+      this.now += TICK_MS;
+      for (const name of this.cores.keys())
+        if (!this.down.has(name)) this.step(name, { type: "tick", now: this.now });
+      while (this.inbox.length > 0) {
+        const { from, env } = this.inbox.shift()!;
+        if (this.down.has(env.to) || this.down.has(from) || !this.cores.has(env.to)) continue;
+        if (this.sides !== null && this.sides.get(from) !== this.sides.get(env.to)) continue;
+        this.step(env.to, { type: "receive", from, message: env.message });
+      }
+    }
+  }
+
+  master(among: readonly MemberId[] = NAMES): MemberId | null {
+    return among.find((n) => !this.down.has(n) && this.cores.get(n)?.currentRole === "master") ?? null;
+  }
+
+  write(name: MemberId): number {
+    const requestId = this.nextRequestId++;
+    this.step(name, { type: "propose", requestId, command: new TextEncoder().encode(`w${requestId}`) });
+    return requestId;
+  }
+
+  /**
+   * The rejoin of discovery.ts: the answerers' promised ballots, a fence above them that each
+   * promises (its persist is instant here), then their answers from after the fence.
+   */
+  rejoin(name: MemberId, answerers: readonly MemberId[]): { fence: Ballot; abstainUntil: number } {
+    const answers = (): RejoinAnswer[] => answerers.map((a) => this.cores.get(a)!.rejoinAnswer());
+    const fence = fenceBallot(name, answers());
+    for (const a of answerers) this.step(a, { type: "fence", ballot: fence });
+    const joined = rejoinState(answers());
+    this.start(name, joined);
+    return { fence, abstainUntil: joined.abstainUntil };
+  }
+}
+
+test("a vote in flight when the answers were given cannot complete a quorum with the forgotten vote", () => {
+  const net = new Network();
+  for (const name of NAMES) net.start(name, null);
+  net.run(600);
+  const m = net.master();
+  assert.ok(m !== null, "a master is elected");
+  // M is the master, N the member that will lose its disk, X the answerer M's retry reaches later.
+  const [n, x, y, z] = NAMES.filter((name) => name !== m) as [MemberId, MemberId, MemberId, MemberId];
+  for (let i = 0; i < 3; i++) net.write(m);
+  net.run(200);
+
+  // M's accept for the next instance reaches N alone; N votes and loses its disk.
+  net.partition([
+    [m, n],
+    [x, y, z],
+  ]);
+  const inFlight = net.write(m);
+  net.run(TICK_MS);
+  const instance = Math.max(...net.executed.get(m)!.keys()) + 1;
+  assert.equal(net.cores.get(n)!.rejoinAnswer().highestInstance, instance, "N voted");
+  net.lose(n);
+
+  // N rejoins with the answers of X, Y and Z, none of which has seen that instance.
+  const { abstainUntil } = net.rejoin(n, [x, y, z]);
+  assert.ok(abstainUntil < instance, `the answerers knew of instance ${instance}`);
+
+  // M's retried accept now reaches X. Had X voted, {M, N's forgotten vote, X} would have chosen
+  // the value, and the phase 1 of {N, Y, Z} below would have missed it: the fence makes X refuse.
+  net.partition([
+    [m, x],
+    [n, y, z],
+  ]);
+  net.run(300);
+  net.down.add(m);
+  net.down.add(x);
+  net.run(1500);
+  const master = net.master([n, y, z]);
+  assert.ok(master !== null, "N, Y and Z elect a master once N has learned what it missed");
+  const after = net.write(master);
+  net.run(300);
+  assert.ok(net.acknowledged.has(after), "the group writes again");
+
+  // Everyone back: one value per instance everywhere, and the acknowledged write kept.
+  net.down.clear();
+  net.partition(null);
+  net.run(1500);
+  const chosen = new Map<number, string>();
+  for (const [name, log] of net.executed) {
+    for (const [i, id] of log) {
+      const other = chosen.get(i);
+      assert.ok(
+        other === undefined || other === id,
+        `${name} executed ${id} at ${i}, another member ${other}`,
+      );
+      chosen.set(i, id);
+    }
+  }
+  const acked = net.acknowledged.get(inFlight);
+  if (acked !== undefined)
+    assert.equal(chosen.get(acked.instance), acked.valueId, "an acknowledged write was lost");
+});
