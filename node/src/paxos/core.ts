@@ -12,6 +12,7 @@ import {
   hasMajority,
   isVoter,
   majority,
+  rejoinAnswersNeeded,
   roleOf,
   validateChange,
   votersOf,
@@ -81,11 +82,18 @@ export interface CoreOptions {
   /**
    * Set when this member lost its acceptor state, or never had any, while the group ran and listed
    * it as a voter: it neither promises nor campaigns until it has learned every instance up to this
-   * one, because a promise would report none of the votes it forgot (README, "A voter without its
+   * one, because a promise would report none of the votes it forgot (README, "A member without its
    * state"). It still votes on `accept`s, at ballots at or above the promised ballot it starts with.
    * -1 (the default) for a member with its state.
    */
   abstainUntil?: number;
+  /**
+   * With abstainUntil: the voters that promised this member's fence when it rejoined. Having
+   * learned up to abstainUntil, it still abstains while they miss some majority of a configuration
+   * governing what it has yet to learn (one it learned of only while catching up), and asks for
+   * more in `fenceNeeded`. Null or absent: a member that has no such check left to make.
+   */
+  fencedBy?: readonly MemberId[] | null;
   /**
    * A configuration chosen at instance k governs the instances from k + activationDelay on. A
    * protocol constant of the group: every member must use the same value, so the runtime leaves
@@ -170,7 +178,15 @@ export interface Ready {
    * Persist before sending `send`. Null when nothing changed. `sync` is false when the batch holds
    * only chosen marks: those can be learned again after a crash, so they need no fsync of their own.
    */
-  persist: { promised?: Ballot; records: LogRecord[]; chosenUpTo?: number; sync: boolean } | null;
+  persist: {
+    promised?: Ballot;
+    records: LogRecord[];
+    chosenUpTo?: number;
+    /** A rejoining member's bound and fenced voters, raised by a `fenced` event; null: done. */
+    abstainUntil?: number;
+    fencedBy?: readonly MemberId[] | null;
+    sync: boolean;
+  } | null;
   /** Messages that depend on nothing unsynced: send at once, in parallel with the persist. */
   sendNow: Envelope[];
   /** Messages that announce persisted state (promises, votes, prepares): send after the persist. */
@@ -185,6 +201,12 @@ export interface Ready {
   /** Configuration changes and handovers that are done. */
   adminDone: AdminResult[];
   adminFailed: AdminFailure[];
+  /**
+   * A rejoining member that learned of configurations its fenced voters do not cover: the shell
+   * fences enough of their voters as discovery does and reports it with a `fenced` event. Asked
+   * once until then.
+   */
+  fenceNeeded: Configuration[] | null;
 }
 
 export type CoreEvent =
@@ -201,7 +223,9 @@ export type CoreEvent =
    * A member rejoining without its state asks this one to promise `ballot` (see "A member without
    * its state" in the README). Answer it with `rejoinAnswer()` once this Ready's persist is synced.
    */
-  | { type: "fence"; ballot: Ballot };
+  | { type: "fence"; ballot: Ballot }
+  /** Answers `fenceNeeded`: these voters promised a fence, and reported these. */
+  | { type: "fenced"; by: readonly MemberId[]; promised: Ballot; highestInstance: number };
 
 interface InFlight {
   readonly value: Value;
@@ -392,6 +416,7 @@ function emptyReady(): Ready {
     readsFailed: [],
     adminDone: [],
     adminFailed: [],
+    fenceNeeded: null,
   };
 }
 
@@ -405,7 +430,10 @@ export class PaxosCore {
   readonly self: MemberId;
   private readonly timing: Timing;
   private readonly window: number;
-  private readonly abstainUntil: number;
+  private abstainUntil: number;
+  /** See CoreOptions.fencedBy. */
+  private fencedBy: Set<MemberId> | null;
+  private fenceRequested = false;
   private readonly activationDelay: number;
   private readonly maxBatchCommands: number;
   private readonly maxBatchBytes: number;
@@ -480,6 +508,7 @@ export class PaxosCore {
     // ahead of its contiguous chosen point than the activation delay.
     this.window = Math.min(opts.window ?? 32, this.activationDelay);
     this.abstainUntil = opts.abstainUntil ?? -1;
+    this.fencedBy = opts.fencedBy === undefined || opts.fencedBy === null ? null : new Set(opts.fencedBy);
     this.maxBatchCommands = opts.maxBatchCommands ?? 256;
     this.maxBatchBytes = opts.maxBatchBytes ?? 4 * 1024 * 1024;
     this.maxQueuedCommands = opts.maxQueuedCommands ?? 100_000;
@@ -541,6 +570,9 @@ export class PaxosCore {
       case "fence":
         this.onFence(event.ballot);
         return;
+      case "fenced":
+        this.onFenced(event.by, event.promised, event.highestInstance);
+        return;
     }
   }
 
@@ -549,6 +581,7 @@ export class PaxosCore {
     this.progressHandover();
     this.fillWindow();
     this.settleOwnConfig();
+    this.settleRejoin();
     const m = this.mastership;
     if (
       m !== null &&
@@ -626,7 +659,38 @@ export class PaxosCore {
    * promise now could let a new master miss a value that is chosen.
    */
   private get abstaining(): boolean {
+    return this.learningToBound || this.unfencedConfigs().length > 0;
+  }
+
+  private get learningToBound(): boolean {
     return this.chosenUpTo < this.abstainUntil;
+  }
+
+  /**
+   * Configurations governing what this rejoining member has yet to learn whose majorities its
+   * fenced voters may miss: a value chosen there with its forgotten vote could lie past its bound.
+   */
+  private unfencedConfigs(): Configuration[] {
+    const fenced = this.fencedBy;
+    if (fenced === null) return [];
+    return this.liveConfigs().filter(
+      (c) => votersOf(c).filter((v) => v !== this.self && fenced.has(v)).length < rejoinAnswersNeeded(c),
+    );
+  }
+
+  /** Once it has learned up to its bound: ask for more fences, or drop the check for good. */
+  private settleRejoin(): void {
+    if (this.fencedBy === null || this.learningToBound || this.fenceRequested) return;
+    const unfenced = this.unfencedConfigs();
+    if (unfenced.length > 0) {
+      this.fenceRequested = true;
+      this.out.fenceNeeded = unfenced;
+      return;
+    }
+    // Every vote it forgot is learned as chosen or was never chosen: later configurations need no
+    // check (a crash before this is written only repeats it).
+    this.fencedBy = null;
+    this.persistBatch().fencedBy = null;
   }
 
   /** This member's role, without building the whole status(). */
@@ -754,7 +818,7 @@ export class PaxosCore {
       at = this.electionDeadline;
       if (this.candidate !== null) at = Math.min(at, this.candidate.sentAt + retry);
     }
-    if (this.knownChosenUpTo > this.chosenUpTo || this.abstaining) {
+    if (this.knownChosenUpTo > this.chosenUpTo || this.learningToBound) {
       const o = this.learnOutstanding;
       at = Math.min(at, o !== null && o.from === this.chosenUpTo + 1 ? o.sentAt + retry : this.now);
     }
@@ -983,6 +1047,22 @@ export class PaxosCore {
     if (this.role !== "follower") return this.startElection(this.candidate?.transfer ?? false);
     this.promised = ballot;
     this.persistPromised();
+  }
+
+  private onFenced(by: readonly MemberId[], promised: Ballot, highestInstance: number): void {
+    this.fenceRequested = false;
+    if (this.fencedBy === null) return;
+    for (const name of by) this.fencedBy.add(name);
+    this.observeBallot(promised);
+    const batch = this.persistBatch();
+    if (compareBallots(promised, this.promised) > 0) {
+      this.promised = promised;
+      batch.promised = promised;
+    }
+    this.abstainUntil = Math.max(this.abstainUntil, highestInstance);
+    if (this.abstainUntil >= 0) batch.abstainUntil = this.abstainUntil;
+    batch.fencedBy = [...this.fencedBy];
+    batch.sync = true;
   }
 
   private onPromise(
@@ -1314,7 +1394,7 @@ export class PaxosCore {
 
   private maybeLearn(): void {
     // Abstaining, it learns up to abstainUntil even with no master to tell it what is chosen.
-    if (this.knownChosenUpTo <= this.chosenUpTo && !this.abstaining) return;
+    if (this.knownChosenUpTo <= this.chosenUpTo && !this.learningToBound) return;
     const from = this.chosenUpTo + 1;
     // A master never learns what its own ballot decides: its commit notices must only ever
     // cover values it drove through phase 2 itself.

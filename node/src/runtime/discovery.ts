@@ -18,7 +18,9 @@
 // no vote its old self counted on can be cast after the answer that should cover it. While a
 // configuration is chosen but not yet in force, both it and the one in force decide instances, so
 // it asks enough of each. Of the seeds that answer, the one that has seen the most instances names
-// the configurations. A new member pays two rounds of questions, and the master one phase 1.
+// the configurations. A new member pays two rounds of questions, and the master one phase 1. The
+// same two rounds (`fenceVoters`) cover a configuration the member learns of while it catches up
+// (the core's `fenceNeeded`).
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage } from "node:http";
@@ -27,7 +29,7 @@ import type { Logger } from "pino";
 import WebSocket, { WebSocketServer } from "ws";
 import { rejoinAnswersNeeded } from "../paxos/config.js";
 import { fenceBallot, type RejoinAnswer, rejoinState } from "../paxos/core.js";
-import { type Ballot, type Member, ZERO_BALLOT } from "../paxos/types.js";
+import type { Ballot, Member } from "../paxos/types.js";
 import { MEMBER_HEADER } from "../transport/peer-transport.js";
 
 export const GROUP_PATH = "/paxos/group/v1";
@@ -152,11 +154,26 @@ async function askVoters(
   found: GroupAnswer,
   opts: { self: string; token?: string; logger: Logger },
 ): Promise<Rejoin> {
-  const configs = [found.members, ...(found.pending === undefined ? [] : [found.pending])].map((members) => ({
+  const configs = [found.members, ...(found.pending === undefined ? [] : [found.pending])];
+  return fenceVoters(configs, answerOf(found), opts);
+}
+
+/**
+ * The two rounds of a rejoin over the voters of `configs`: their promised ballots, then enough of
+ * them promise a fence above those and report what they have seen (see the top of this file). Also
+ * run by a rejoining member that learns of a configuration these did not cover (`fenceNeeded`).
+ * `seen`, when given, is counted with the answers. Rejects once `signal` is aborted.
+ */
+export async function fenceVoters(
+  configs: readonly (readonly Member[])[],
+  seen: Omit<RejoinAnswer, "established"> | null,
+  opts: { self: string; token?: string; logger: Logger; signal?: AbortSignal },
+): Promise<Rejoin> {
+  const asking = configs.map((members) => ({
     others: members.filter((m) => m.role === "voter" && m.name !== opts.self),
     needed: rejoinAnswersNeeded({ members }),
   }));
-  if (configs.some((c) => c.others.length < c.needed)) {
+  if (asking.some((c) => c.others.length < c.needed)) {
     // Only a single-voter group gets here: its one voter lost its state, and nobody can say
     // what it had promised or chosen. Starting anyway could undo acknowledged writes.
     throw new Error(
@@ -164,16 +181,16 @@ async function askVoters(
         "lost unless a learner holds it; refusing to start rather than decide those instances again",
     );
   }
-  const seen = answerOf(found) ?? { promised: ZERO_BALLOT, highestInstance: -1 };
-  const asked = await gatherEnough(configs, (address) => ask(address, opts), "answer", opts.logger);
-  const fence = fenceBallot(opts.self, [seen, ...asked.values()]);
+  const known = seen === null ? [] : [seen];
+  const asked = await gatherEnough(asking, (address) => ask(address, opts), "answer", opts);
+  const fence = fenceBallot(opts.self, [...known, ...asked.values()]);
   const fenced = await gatherEnough(
-    configs,
+    asking,
     (address) => ask(address, opts, fence.counter),
     `promise ballot ${fence.counter}`,
-    opts.logger,
+    opts,
   );
-  return { ...rejoinState([seen, ...fenced.values()]), from: [...fenced.keys()], fence };
+  return { ...rejoinState([...known, ...fenced.values()]), from: [...fenced.keys()], fence };
 }
 
 function answerOf(a: GroupAnswer | null): Omit<RejoinAnswer, "established"> | null {
@@ -186,13 +203,14 @@ async function gatherEnough(
   configs: readonly { others: readonly Member[]; needed: number }[],
   askOne: (address: string) => Promise<GroupAnswer>,
   what: string,
-  logger: Logger,
+  opts: { logger: Logger; signal?: AbortSignal },
 ): Promise<Map<string, Omit<RejoinAnswer, "established">>> {
   const voters = new Map(configs.flatMap((c) => c.others.map((m) => [m.name, m.address] as const)));
   const answered = new Map<string, Omit<RejoinAnswer, "established">>();
   const enough = () => configs.every((c) => c.others.filter((m) => answered.has(m.name)).length >= c.needed);
   let lastLog = performance.now();
   for (;;) {
+    opts.signal?.throwIfAborted();
     const missing = [...voters].filter(([name]) => !answered.has(name));
     const answers = await Promise.all(missing.map(([, address]) => askOne(address).catch(() => null)));
     missing.forEach(([name], i) => {
@@ -202,7 +220,7 @@ async function gatherEnough(
     if (enough()) return answered;
     if (performance.now() - lastLog > PROGRESS_LOG_MS) {
       lastLog = performance.now();
-      logger.warn(
+      opts.logger.warn(
         {
           answered: [...answered.keys()],
           needed: configs.map((c) => c.needed),

@@ -32,6 +32,7 @@ import {
   answerGroup,
   discoverGroup,
   FENCE_PATH,
+  fenceVoters,
   GROUP_PATH,
   type GroupAnswer,
   type Rejoin,
@@ -121,6 +122,8 @@ export class NodeRuntime implements KvService {
   private execution: Promise<void> = Promise.resolve();
   private closing = false;
   private storageFailed = false;
+  /** Aborted on close: ends a rejoin's questions to the other members. */
+  private readonly stopping = new AbortController();
   private lastRole: string | null = null;
 
   private constructor(
@@ -149,6 +152,7 @@ export class NodeRuntime implements KvService {
       now: performance.now(),
       recovered,
       abstainUntil: recovered.abstainUntil,
+      fencedBy: recovered.fencedBy,
       ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
       ...(opts.window !== undefined ? { window: opts.window } : {}),
     });
@@ -363,6 +367,7 @@ export class NodeRuntime implements KvService {
     for (const f of rd.readsFailed) this.localReads.reject(f.requestId, failureError(f.reason));
     for (const r of rd.readsReady) this.localReads.resolve(r.requestId, r.index);
     for (const d of rd.adminDone) this.adminRequests.resolve(d.requestId, d.instance);
+    if (rd.fenceNeeded !== null) this.fenceMore(rd.fenceNeeded);
     for (const f of rd.adminFailed)
       this.adminRequests.reject(f.requestId, new AdminRefusal(f.reason, f.message));
     const persisted =
@@ -492,6 +497,39 @@ export class NodeRuntime implements KvService {
       "promised a rejoining member's ballot",
     );
     return answer;
+  }
+
+  /**
+   * A rejoining member learned of configurations its fenced voters miss majorities of: it fences
+   * enough of their voters too, however long that takes, and abstains meanwhile.
+   */
+  private fenceMore(configs: readonly Configuration[]): void {
+    this.log.info(
+      { voters: configs.map((c) => votersOf(c)) },
+      "rejoining: learned of a configuration whose majorities the voters that answered may miss; asking its voters too",
+    );
+    fenceVoters(
+      configs.map((c) => c.members),
+      null,
+      {
+        self: this.opts.member,
+        ...(this.opts.token !== undefined ? { token: this.opts.token } : {}),
+        logger: this.log,
+        signal: this.stopping.signal,
+      },
+    ).then(
+      (r) => {
+        this.log.info(
+          { fencedBy: r.from, fence: r.fence, abstainUntil: r.abstainUntil },
+          "rejoining: fenced them",
+        );
+        this.step({ type: "fenced", by: r.from, promised: r.promised, highestInstance: r.abstainUntil });
+      },
+      (e) => {
+        if (!this.closing)
+          this.log.error({ err: e }, "rejoining: cannot fence the voters of a configuration; abstaining");
+      },
+    );
   }
 
   private fatal(e: unknown): void {
@@ -771,6 +809,7 @@ export class NodeRuntime implements KvService {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.stopping.abort();
     const deadline = performance.now() + 5000;
     while (this.proposals.size > 0 && performance.now() < deadline)
       await new Promise((r) => setTimeout(r, 10));
@@ -898,6 +937,7 @@ async function startingMembership(
     initialConfiguration: membership.config,
     ...(rejoin === null ? {} : { promised: rejoin.promised }),
     ...(rejoin !== null && rejoin.abstainUntil >= 0 ? { abstainUntil: rejoin.abstainUntil } : {}),
+    ...(rejoin === null ? {} : { fencedBy: rejoin.from }),
   });
   if (!fresh) {
     log.info(
@@ -914,7 +954,7 @@ async function startingMembership(
     "no state here and the group is running: joining with the promised ballot of its other voters, " +
       "and promising nothing until every instance up to abstainUntil is learned",
   );
-  return { membership, state: { ...recovered, promised, abstainUntil } };
+  return { membership, state: { ...recovered, promised, abstainUntil, fencedBy: [...from] } };
 }
 
 function foundingMembership(opts: RuntimeOptions): InitialMembership {

@@ -5,6 +5,7 @@
 //   "Mpromised"                      -> framed writeBallot(promised)
 //   "MchosenUpTo"                    -> framed 8-byte big-endian instance (absent = -1)
 //   "MabstainUntil"                  -> framed 8-byte big-endian instance: see CoreOptions.abstainUntil
+//   "MfencedBy"                      -> framed u32 count + member names: see CoreOptions.fencedBy
 //   "MinitialConfiguration"          -> framed writeConfiguration(config): the configuration this
 //                                       member started with, which holds until the log chooses one
 //   "Mjournal"                       -> framed 8-byte seq + 8-byte offset: where the vote journal's
@@ -50,8 +51,10 @@ export interface PersistBatch {
   promised?: Ballot;
   records: readonly LogRecord[];
   chosenUpTo?: number;
-  /** Written once, before the core starts, by a member that rejoins without its state. */
+  /** Written before the core starts by a member that rejoins without its state, raised by it later. */
   abstainUntil?: number;
+  /** With abstainUntil: see CoreOptions.fencedBy. Null deletes it: the rejoin's checks are done. */
+  fencedBy?: readonly string[] | null;
   /**
    * Written once, before the core starts: the founding configuration, or the one a joining member
    * found. A restart takes it instead of `--peers`, which changes with every scale step.
@@ -70,6 +73,8 @@ export interface RecoveredLogState {
   unchosen: LogRecord[];
   /** Set by a member that rejoined without its state (see CoreOptions.abstainUntil); -1 when none. */
   abstainUntil: number;
+  /** See CoreOptions.fencedBy; null when none (also in a log written before it was recorded). */
+  fencedBy: string[] | null;
   /** Null in a log written before it was recorded, or never persisted. */
   initialConfiguration: Configuration | null;
 }
@@ -107,6 +112,7 @@ const META_PROMISED = Buffer.from("Mpromised");
 const META_CHOSEN_UP_TO = Buffer.from("MchosenUpTo");
 const META_JOURNAL = Buffer.from("Mjournal");
 const META_ABSTAIN_UNTIL = Buffer.from("MabstainUntil");
+const META_FENCED_BY = Buffer.from("MfencedBy");
 const META_INITIAL_CONFIGURATION = Buffer.from("MinitialConfiguration");
 
 function logKey(instance: number): Buffer {
@@ -418,6 +424,8 @@ export class PaxosLog {
     const abstainBytes = await this.readMeta(META_ABSTAIN_UNTIL);
     const abstainUntil =
       abstainBytes === undefined ? -1 : decodeInstance(abstainBytes, "PaxosLog meta abstainUntil");
+    const fencedBytes = await this.readMeta(META_FENCED_BY);
+    const fencedBy = fencedBytes === undefined ? null : decodeMeta("fenced voters", fencedBytes, readNames);
     const initialBytes = await this.readMeta(META_INITIAL_CONFIGURATION);
     const initialConfiguration =
       initialBytes === undefined
@@ -429,7 +437,7 @@ export class PaxosLog {
       minInstance = decodeInstance(key.subarray(1), "PaxosLog key");
     }
     this.lowest = minInstance;
-    return { promised, chosenUpTo, minInstance, unchosen, abstainUntil, initialConfiguration };
+    return { promised, chosenUpTo, minInstance, unchosen, abstainUntil, fencedBy, initialConfiguration };
   }
 
   /**
@@ -687,6 +695,13 @@ function encodeBatch(batch: PersistBatch): StoreOp[] {
     checkInstance("abstainUntil", batch.abstainUntil, 0);
     ops.push({ type: "put", key: META_ABSTAIN_UNTIL, value: frame(encodeInstance(batch.abstainUntil)) });
   }
+  if (batch.fencedBy === null) ops.push({ type: "del", key: META_FENCED_BY });
+  else if (batch.fencedBy !== undefined) {
+    const w = new Writer(64);
+    w.u32(batch.fencedBy.length);
+    for (const name of batch.fencedBy) w.string(name);
+    ops.push({ type: "put", key: META_FENCED_BY, value: frame(w.finish()) });
+  }
   if (batch.initialConfiguration !== undefined) {
     const w = new Writer(256);
     writeConfiguration(w, batch.initialConfiguration);
@@ -701,6 +716,12 @@ function encodeBatch(batch: PersistBatch): StoreOp[] {
     );
   }
   return ops;
+}
+
+function readNames(r: Reader): string[] {
+  const names: string[] = [];
+  for (let n = r.listLength(); n > 0; n--) names.push(r.string());
+  return names;
 }
 
 function decodeMeta<T>(what: string, payload: Uint8Array, read: (r: Reader) => T): T {

@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { votersOf } from "../../src/paxos/config.js";
 import { fenceBallot, PaxosCore, type RejoinAnswer, rejoinState } from "../../src/paxos/core.js";
 import { type Ballot, type Envelope, type MemberId, type Value, ZERO_BALLOT } from "../../src/paxos/types.js";
 
@@ -183,4 +184,81 @@ test("a vote in flight when the answers were given cannot complete a quorum with
   const acked = net.acknowledged.get(inFlight);
   if (acked !== undefined)
     assert.equal(chosen.get(acked.instance), acked.valueId, "an acknowledged write was lost");
+});
+
+test("a configuration learned while catching up that the fenced voters do not cover is fenced before any promise", () => {
+  const voter = (name: MemberId) => ({ name, address: "", role: "voter" as const });
+  const core = new PaxosCore({
+    self: "n",
+    voters: ["n", "a", "b", "c"],
+    learners: ["e"],
+    incarnation: "1",
+    random: seeded(1),
+    now: 0,
+    recovered: { promised: { counter: 3, member: "n" }, chosenUpTo: -1, unchosen: [] },
+    // Fenced by b and c: enough for four voters (every majority of them has b or c besides n).
+    abstainUntil: 3,
+    fencedBy: ["b", "c"],
+    activationDelay: 4,
+  });
+  const noop = (i: number): Value => ({ kind: "noop", id: `x/${i}` });
+  const five: Value = {
+    kind: "config",
+    id: "x/promote",
+    config: { members: ["n", "a", "b", "c", "e"].map(voter) },
+  };
+  const learn = (from: number, values: Value[]) =>
+    core.step({
+      type: "receive",
+      from: "b",
+      message: {
+        type: "learnReply",
+        entries: values.map((value, k) => ({ instance: from + k, value })),
+        chosenUpTo: from + values.length - 1,
+      },
+    });
+  const promises = (rd: ReturnType<PaxosCore["ready"]>) =>
+    [...rd.sendNow, ...rd.send].filter((e) => e.message.type === "promise").length;
+
+  // Up to its bound it learns that e was promoted at 1: five voters from 5 on, whose majority
+  // {n, a, e} holds neither b nor c. So it abstains and asks for fences among the five.
+  learn(0, [noop(0), five, noop(2), noop(3)]);
+  let rd = core.ready();
+  assert.deepEqual(
+    rd.fenceNeeded?.map((c) => votersOf(c).sort()),
+    [["a", "b", "c", "e", "n"]],
+  );
+  assert.notEqual(core.status().abstainingUntil, null, "stopped abstaining with an unfenced configuration");
+  core.step({
+    type: "receive",
+    from: "a",
+    message: { type: "prepare", ballot: { counter: 9, member: "a" }, from: 4 },
+  });
+  rd = core.ready();
+  assert.equal(promises(rd), 0, "promised while a majority of the new configuration may hold its votes");
+  assert.equal(rd.fenceNeeded, null, "asked twice");
+
+  // a and e promised a fence and had seen up to 6: it learns up to there, then may promise.
+  core.step({ type: "fenced", by: ["a", "e"], promised: { counter: 10, member: "n" }, highestInstance: 6 });
+  rd = core.ready();
+  assert.deepEqual(rd.persist, {
+    records: [],
+    promised: { counter: 10, member: "n" },
+    abstainUntil: 6,
+    fencedBy: ["b", "c", "a", "e"],
+    sync: true,
+  });
+  learn(4, [noop(4), noop(5)]);
+  core.ready();
+  assert.notEqual(core.status().abstainingUntil, null, "stopped abstaining below its new bound");
+  learn(6, [noop(6)]);
+  rd = core.ready();
+  assert.equal(core.status().abstainingUntil, null);
+  assert.equal(rd.persist?.fencedBy, null, "the check is not dropped for good");
+  core.step({
+    type: "receive",
+    from: "a",
+    message: { type: "prepare", ballot: { counter: 11, member: "a" }, from: 7 },
+  });
+  assert.equal(promises(core.ready()), 1);
 });

@@ -11,6 +11,7 @@ import {
   fenceBallot,
   PaxosCore,
   type Ready,
+  type RejoinAnswer,
   rejoinState,
   type Timing,
 } from "../../src/paxos/core.js";
@@ -142,6 +143,7 @@ interface DurableLog {
   records: Map<number, LogRecord>;
   /** Written before a member that lost its disk starts again (see CoreOptions.abstainUntil). */
   abstainUntil: number;
+  fencedBy: MemberId[] | null;
 }
 
 interface SimMember {
@@ -224,7 +226,13 @@ export function runSimulation(opts: SimOptions): SimResult {
       rejoinAttempt: 0,
       core: null,
       life: 0,
-      durable: { promised: ZERO_BALLOT, chosenUpTo: -1, records: new Map(), abstainUntil: -1 },
+      durable: {
+        promised: ZERO_BALLOT,
+        chosenUpTo: -1,
+        records: new Map(),
+        abstainUntil: -1,
+        fencedBy: null,
+      },
       unsynced: [],
       pipelineTail: 0,
       executed: -1,
@@ -346,6 +354,7 @@ export function runSimulation(opts: SimOptions): SimResult {
       learners,
       addresses: Object.fromEntries([m.name, ...voters, ...learners].map((n) => [n, addressOf(n)])),
       abstainUntil: m.durable.abstainUntil,
+      fencedBy: m.durable.fencedBy,
       configurations,
       incarnation: String(m.life),
       random: () => rng.next(),
@@ -378,20 +387,20 @@ export function runSimulation(opts: SimOptions): SimResult {
     const attempt = ++m.rejoinAttempt;
     const answering = [...members.values()].filter((x) => x !== m && x.core?.rejoinAnswer().established);
     const answers = new Map(answering.map((x) => [x.name, x.core!.rejoinAnswer()]));
-    let named: SimMember | undefined;
+    let namer: SimMember | undefined;
     for (const x of answering) {
       if (
-        named === undefined ||
-        answers.get(x.name)!.highestInstance > answers.get(named.name)!.highestInstance
+        namer === undefined ||
+        answers.get(x.name)!.highestInstance > answers.get(namer.name)!.highestInstance
       )
-        named = x;
+        namer = x;
     }
     const waitAndRetry = () =>
       queue.push(now + 50, () => {
         if (m.core === null && m.lostDisk && m.rejoinAttempt === attempt) rejoinEmpty(m);
       });
-    if (named === undefined) return waitAndRetry();
-    const view = named.core!.status().configuration;
+    if (namer === undefined) return waitAndRetry();
+    const view = namer.core!.status().configuration;
     const configs = [
       { members: view.members },
       ...(view.pending === null ? [] : [{ members: view.pending.members }]),
@@ -402,18 +411,48 @@ export function runSimulation(opts: SimOptions): SimResult {
       start(m);
     };
     if (opts.amnesia !== "protected") return join();
+    const named = answers.get(namer.name)!;
+    fenceVoters(m, configs, named, waitAndRetry, (joined, fenced, fence) => {
+      if (m.core !== null || !m.lostDisk || m.rejoinAttempt !== attempt) return;
+      m.durable.promised = joined.promised;
+      m.durable.abstainUntil = joined.abstainUntil;
+      m.durable.fencedBy = fenced;
+      trace?.(
+        `${now.toFixed(2)} ${m.name} rejoins empty: ${namer.name} names the configuration, fenced ` +
+          `${fenced.join(",")} at ${JSON.stringify(fence)}, promised ${JSON.stringify(joined.promised)}, ` +
+          `abstains until ${joined.abstainUntil}`,
+      );
+      join();
+    });
+  }
+
+  /**
+   * The runtime's fenceVoters: enough running voters of each configuration answer, promise a
+   * fence above their answers, and report once that promise is synced. `retry` when too few run or
+   * one crashes before its promise is synced.
+   */
+  function fenceVoters(
+    m: SimMember,
+    configs: readonly Configuration[],
+    seen: RejoinAnswer | null,
+    retry: () => void,
+    done: (joined: { promised: Ballot; abstainUntil: number }, fenced: MemberId[], fence: Ballot) => void,
+  ): void {
     const asked: MemberId[] = [];
     for (const c of configs) {
-      const others = votersOf(c).filter((n) => n !== m.name && answers.has(n));
+      const others = votersOf(c).filter(
+        (n) => n !== m.name && members.get(n)?.core?.rejoinAnswer().established,
+      );
       const needed = rejoinAnswersNeeded(c);
       const count = () => asked.filter((n) => others.includes(n)).length;
       while (count() < needed) {
         const left = others.filter((n) => !asked.includes(n));
-        if (left.length === 0) return waitAndRetry();
+        if (left.length === 0) return retry();
         asked.push(rng.pick(left));
       }
     }
-    const fence = fenceBallot(m.name, [answers.get(named.name)!, ...asked.map((n) => answers.get(n)!)]);
+    const known = seen === null ? [] : [seen];
+    const fence = fenceBallot(m.name, [...known, ...asked.map((n) => members.get(n)!.core!.rejoinAnswer())]);
     const fenced = asked.map((name) => {
       const x = members.get(name)!;
       step(x, { type: "fence", ballot: fence });
@@ -421,17 +460,30 @@ export function runSimulation(opts: SimOptions): SimResult {
       return { x, life: x.life, answer: x.core!.rejoinAnswer(), syncedAt: x.pipelineTail };
     });
     queue.push(Math.max(now, ...fenced.map((f) => f.syncedAt)), () => {
-      if (m.core !== null || !m.lostDisk || m.rejoinAttempt !== attempt) return;
-      if (fenced.some((f) => f.x.life !== f.life)) return rejoinEmpty(m);
-      const joined = rejoinState([answers.get(named.name)!, ...fenced.map((f) => f.answer)]);
-      m.durable.promised = joined.promised;
-      m.durable.abstainUntil = joined.abstainUntil;
+      if (fenced.some((f) => f.x.life !== f.life)) return retry();
+      done(rejoinState([...known, ...fenced.map((f) => f.answer)]), asked, fence);
+    });
+  }
+
+  /** A rejoining member's `fenceNeeded`, answered with a `fenced` event in the same life. */
+  function fenceMore(m: SimMember, configs: readonly Configuration[]): void {
+    const life = m.life;
+    const retry = () =>
+      queue.push(now + 50, () => {
+        if (m.life === life && m.core !== null) fenceMore(m, configs);
+      });
+    trace?.(`${now.toFixed(2)} ${m.name} must fence more: ${JSON.stringify(configs.map(votersOf))}`);
+    fenceVoters(m, configs, null, retry, (joined, fenced) => {
+      if (m.life !== life || m.core === null) return;
       trace?.(
-        `${now.toFixed(2)} ${m.name} rejoins empty: ${named.name} names the configuration, fenced ` +
-          `${asked.join(",")} at ${JSON.stringify(fence)}, promised ${JSON.stringify(joined.promised)}, ` +
-          `abstains until ${joined.abstainUntil}`,
+        `${now.toFixed(2)} ${m.name} fenced ${fenced.join(",")}, abstains until ${joined.abstainUntil}`,
       );
-      join();
+      step(m, {
+        type: "fenced",
+        by: fenced,
+        promised: joined.promised,
+        highestInstance: joined.abstainUntil,
+      });
     });
   }
 
@@ -475,6 +527,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     m.durable.chosenUpTo = -1;
     m.durable.records.clear();
     m.durable.abstainUntil = -1;
+    m.durable.fencedBy = null;
     m.executed = -1;
     m.lostDisk = true;
   }
@@ -540,6 +593,7 @@ export function runSimulation(opts: SimOptions): SimResult {
     }
     for (const r of rd.readsFailed) m.pendingReads.delete(r.requestId);
     for (const d of rd.adminDone) adminDone(m, d.requestId, d.instance);
+    if (rd.fenceNeeded !== null) fenceMore(m, rd.fenceNeeded);
     for (const f of rd.adminFailed) {
       const req = adminRequests.get(f.requestId);
       adminRequests.delete(f.requestId);
@@ -589,6 +643,8 @@ export function runSimulation(opts: SimOptions): SimResult {
   function applyDurably(m: SimMember, batch: NonNullable<Ready["persist"]>): void {
     const d = m.durable;
     if (batch.promised !== undefined) d.promised = batch.promised;
+    if (batch.abstainUntil !== undefined) d.abstainUntil = batch.abstainUntil;
+    if (batch.fencedBy !== undefined) d.fencedBy = batch.fencedBy === null ? null : [...batch.fencedBy];
     for (const rec of batch.records) {
       const prev = d.records.get(rec.instance);
       if (prev?.chosen && !rec.chosen) fail(`${m.name}: chosen record ${rec.instance} overwritten by a vote`);
@@ -773,7 +829,9 @@ export function runSimulation(opts: SimOptions): SimResult {
       step(master, { type: "transferMaster", requestId, to });
     } else if (learner !== undefined && roll < 0.7) {
       // A promotion may make two voters, which a rejoining member must not meet (see mayLoseDisk).
-      if (!anyoneRejoining()) proposeChange(master, { kind: "promote", name: learner.name });
+      // Other promotions while a member rejoins are what its later fences are for (fenceNeeded).
+      if (!anyoneRejoining() || voters.length !== 1)
+        proposeChange(master, { kind: "promote", name: learner.name });
     } else if (config.members.length < MAX_MEMBERS && (config.members.length <= 3 || roll < 0.85)) {
       // Start the new member first, as the operator does: it knows the voters and itself.
       const waiting = [...members.values()].find(

@@ -61,6 +61,7 @@ describe("PaxosLog persist and recover", () => {
         minInstance: 0,
         unchosen: [],
         abstainUntil: -1,
+        fencedBy: null,
         initialConfiguration: null,
       });
     });
@@ -106,6 +107,7 @@ describe("PaxosLog persist and recover", () => {
         minInstance: 0,
         unchosen: [],
         abstainUntil: -1,
+        fencedBy: null,
         initialConfiguration: null,
       });
       assert.deepEqual(await log.readChosen(0, 10, 1 << 20), [{ instance: 0, value: value(0) }]);
@@ -151,6 +153,7 @@ describe("PaxosLog persist and recover", () => {
         minInstance: 0,
         unchosen: [],
         abstainUntil: -1,
+        fencedBy: null,
         initialConfiguration: null,
       });
     });
@@ -291,15 +294,22 @@ describe("PaxosLog group commit", () => {
     });
   });
 
-  test("the abstain bound of a member that rejoined without its state survives a reopen", async () => {
+  test("the abstain bound and fenced voters of a member that rejoined without its state survive a reopen", async () => {
     const dir = await tempDir();
     await withLog(dir, async (log) => {
-      await log.persist({ promised: B2, records: [], abstainUntil: 41 });
+      await log.persist({ promised: B2, records: [], abstainUntil: 41, fencedBy: ["b", "c"] });
     });
     await withLog(dir, async (log) => {
       const state = await log.recover();
       assert.equal(state.abstainUntil, 41);
+      assert.deepEqual(state.fencedBy, ["b", "c"]);
       assert.deepEqual(state.promised, B2);
+      await log.persist({ records: [], fencedBy: null });
+    });
+    await withLog(dir, async (log) => {
+      const state = await log.recover();
+      assert.equal(state.fencedBy, null, "done with the rejoin's checks, for good");
+      assert.equal(state.abstainUntil, 41);
     });
   });
 
