@@ -164,6 +164,15 @@ export class Cluster {
     });
   }
 
+  /** SIGSTOP: the process keeps its sockets but answers nothing, as if cut off, until resume(). */
+  pause(name: string): void {
+    this.member(name).child?.kill("SIGSTOP");
+  }
+
+  resume(name: string): void {
+    this.member(name).child?.kill("SIGCONT");
+  }
+
   /** kill -9: no chance to flush or close anything. */
   async kill(name: string): Promise<void> {
     const m = this.member(name);

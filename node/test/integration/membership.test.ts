@@ -4,6 +4,7 @@
 // a new process that joins as a learner, catches up and is promoted.
 
 import assert from "node:assert/strict";
+import { rm } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
 import { assertAllReadable, Cluster, Writers, waitCaughtUp, waitFor } from "./cluster.js";
 
@@ -461,4 +462,69 @@ test("a restart keeps the configuration a member started with, whatever --peers 
   assert.equal((await c.put(founder, "after-restarts", "ok")).status, 200);
   assert.deepEqual(await c.stop(founder), { code: 0, signal: null });
   assert.match(c.logs(founder), /--peers differs from the configuration this member started with/);
+});
+
+test("a member rejoining without its state fences the voters of a promotion it learns of while catching up", async (t) => {
+  const c = await Cluster.start(4, { token: TOKEN });
+  t.after(() => c.destroy());
+  const master = await masterOf(c);
+  const [stale, rejoiner, fourth] = ["n1", "n2", "n3", "n4"].filter((n) => n !== master) as [
+    string,
+    string,
+    string,
+  ];
+  assert.equal((await c.put(master, "before", "ok")).status, 200);
+  const learner = await c.addMember();
+  c.startMember(learner);
+  const added = await c.admin(master, "POST", "/v1/admin/members", {
+    name: learner,
+    address: `127.0.0.1:${c.member(learner).peerPort}`,
+    role: "learner",
+  });
+  assert.equal(added.status, 200, JSON.stringify(added.json));
+  await waitCaughtUp(c, learner, master);
+
+  // Five voters, chosen while one of the four is down: it will not have heard of them. (A frozen
+  // process would read what was sent to it meanwhile once it runs again.)
+  await c.kill(stale);
+  const promoted = await c.admin(master, "POST", `/v1/admin/members/${learner}/promote`);
+  assert.equal(promoted.status, 200, JSON.stringify(promoted.json));
+  await c.kill(rejoiner);
+  await rm(c.member(rejoiner).dataDir, { recursive: true, force: true });
+
+  // The stale voter alone answers at first: it names the four voters, whose majorities two of the
+  // three others meet. The master answers next; both promise the fence.
+  for (const name of [master, fourth, learner]) c.pause(name);
+  c.startMember(stale);
+  await waitFor(30_000, `${stale} to serve again`, async () =>
+    (await c.status(stale)) !== null ? true : undefined,
+  );
+  c.startMember(rejoiner);
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  c.resume(master);
+
+  // Caught up to what they had seen, it learns of the five voters, of whose majorities {master,
+  // stale} may miss one ({rejoiner, fourth, learner}): it must not promise until those answer too.
+  const waiting = await waitFor(60_000, `${rejoiner} to catch up to its first bound`, async () => {
+    const s = await c.status(rejoiner);
+    const until = s?.instances.abstainUntil;
+    return s !== null && until !== null && until !== undefined && s.instances.chosen >= until ? s : undefined;
+  });
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  const still = await c.status(rejoiner);
+  assert.notEqual(still?.instances.abstainUntil, null, "stopped abstaining with two of five voters fenced");
+  assert.ok(still !== null && still.instances.chosen >= waiting.instances.chosen);
+
+  c.resume(fourth);
+  c.resume(learner);
+  await waitFor(60_000, `${rejoiner} to stop abstaining`, async () =>
+    (await c.status(rejoiner))?.instances.abstainUntil === null ? true : undefined,
+  );
+  const now = await masterOf(c);
+  assert.equal((await c.put(now, "after", "ok")).status, 200);
+  await waitCaughtUp(c, rejoiner, now);
+  assert.deepEqual(await c.stop(rejoiner), { code: 0, signal: null });
+  const logs = c.logs(rejoiner);
+  assert.match(logs, /learned of a configuration whose majorities the voters that answered may miss/);
+  assert.match(logs, /rejoining: fenced them/);
 });
