@@ -292,14 +292,7 @@ test("a learner added after the log was cleaned loads a checkpoint, exits 75, ca
   // What a scale-up does: the new member starts empty, is added as a learner, and can only catch
   // up from a checkpoint because the log it would need is gone.
   const master = await c.waitForMaster();
-  const learner = await c.addMember();
-  c.startMember(learner);
-  const added = await c.admin(master, "POST", "/v1/admin/members", {
-    name: learner,
-    address: `127.0.0.1:${c.member(learner).peerPort}`,
-    role: "learner",
-  });
-  assert.equal(added.status, 200, JSON.stringify(added.json));
+  const learner = await c.joinLearner(master);
   assert.match(await expectCheckpointExit(c, learner), /^checkpoint-loaded instance=\d+ from=n[123]$/);
 
   c.startMember(learner);

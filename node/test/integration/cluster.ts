@@ -123,6 +123,20 @@ export class Cluster {
     return name;
   }
 
+  /** A new member started and added as a learner through `master`'s admin API (a scale step). */
+  async joinLearner(master: string): Promise<string> {
+    const name = await this.addMember();
+    this.startMember(name);
+    const added = await this.admin(master, "POST", "/v1/admin/members", {
+      name,
+      address: `127.0.0.1:${this.member(name).peerPort}`,
+      role: "learner",
+    });
+    if (added.status !== 200)
+      throw new Error(`adding ${name}: HTTP ${added.status} ${JSON.stringify(added.json)}`);
+    return name;
+  }
+
   member(name: string): MemberProcess {
     const m = this.members.find((x) => x.name === name);
     if (m === undefined) throw new Error(`no member ${name}`);

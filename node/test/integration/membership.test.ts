@@ -379,15 +379,7 @@ test("a learner joins, catches up and is promoted; a voter is removed; all while
   await waitFor(30_000, "some writes", async () => (writers.acknowledged.size >= 50 ? true : undefined));
 
   // The new member starts with every member as --peers, finds the running group and waits as a learner.
-  const learner = await c.addMember();
-  c.startMember(learner);
-  const address = `127.0.0.1:${c.member(learner).peerPort}`;
-  const added = await c.admin(master, "POST", "/v1/admin/members", {
-    name: learner,
-    address,
-    role: "learner",
-  });
-  assert.equal(added.status, 200, JSON.stringify(added.json));
+  const learner = await c.joinLearner(master);
   await waitCaughtUp(c, learner, master);
   assert.equal((await c.status(learner))?.role, "learner");
 
@@ -474,14 +466,7 @@ test("a member rejoining without its state fences the voters of a promotion it l
     string,
   ];
   assert.equal((await c.put(master, "before", "ok")).status, 200);
-  const learner = await c.addMember();
-  c.startMember(learner);
-  const added = await c.admin(master, "POST", "/v1/admin/members", {
-    name: learner,
-    address: `127.0.0.1:${c.member(learner).peerPort}`,
-    role: "learner",
-  });
-  assert.equal(added.status, 200, JSON.stringify(added.json));
+  const learner = await c.joinLearner(master);
   await waitCaughtUp(c, learner, master);
 
   // Five voters, chosen while one of the four is down: it will not have heard of them. (A frozen
