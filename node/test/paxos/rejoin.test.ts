@@ -6,7 +6,14 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { votersOf } from "../../src/paxos/config.js";
 import { fenceBallot, PaxosCore, type RejoinAnswer, rejoinState } from "../../src/paxos/core.js";
-import { type Ballot, type Envelope, type MemberId, type Value, ZERO_BALLOT } from "../../src/paxos/types.js";
+import {
+  type Ballot,
+  compareBallots,
+  type Envelope,
+  type MemberId,
+  type Value,
+  ZERO_BALLOT,
+} from "../../src/paxos/types.js";
 
 const TICK_MS = 10;
 const NAMES = ["m1", "m2", "m3", "m4", "m5"];
@@ -261,4 +268,39 @@ test("a configuration learned while catching up that the fenced voters do not co
     message: { type: "prepare", ballot: { counter: 11, member: "a" }, from: 7 },
   });
   assert.equal(promises(core.ready()), 1);
+});
+
+test("a fenced master runs phase 1 again at once, above the fence, and its write goes through", () => {
+  const net = new Network();
+  for (const name of NAMES) net.start(name, null);
+  net.run(600);
+  const m = net.master()!;
+  const fence: Ballot = { counter: net.cores.get(m)!.status().ballot.counter + 5, member: "newcomer" };
+  const write = net.write(m);
+  net.step(m, { type: "fence", ballot: fence });
+  const s = net.cores.get(m)!.status();
+  assert.equal(s.role, "candidate");
+  assert.ok(
+    compareBallots(s.ballot, fence) > 0,
+    `campaigns at ${JSON.stringify(s.ballot)}, not above the fence`,
+  );
+  // Well inside an election timeout (100 ms): no member had to wait for one.
+  net.run(3 * TICK_MS);
+  assert.equal(net.master(), m);
+  assert.ok(net.acknowledged.has(write), "the write in flight was lost");
+});
+
+test("a master refused by fenced followers campaigns above the fence it never saw, and wins at once", () => {
+  const net = new Network();
+  for (const name of NAMES) net.start(name, null);
+  net.run(600);
+  const m = net.master()!;
+  const fence: Ballot = { counter: net.cores.get(m)!.status().ballot.counter + 50, member: "newcomer" };
+  // Three of its four followers promise the fence: no majority is left below it.
+  for (const f of NAMES.filter((n) => n !== m).slice(0, 3)) net.step(f, { type: "fence", ballot: fence });
+  const write = net.write(m);
+  net.run(5 * TICK_MS);
+  assert.equal(net.master(), m, "stepped down to wait for an election timeout");
+  assert.ok(compareBallots(net.cores.get(m)!.status().ballot, fence) > 0);
+  assert.ok(net.acknowledged.has(write));
 });
