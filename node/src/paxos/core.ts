@@ -379,6 +379,9 @@ export interface RejoinAnswer {
   readonly highestInstance: number;
 }
 
+/** An answer to a rejoining member from a member that has state. */
+export type RejoinReport = Omit<RejoinAnswer, "established">;
+
 /**
  * The ballot a rejoining member has its answerers promise before it takes their highest instances:
  * above every ballot they had promised, and so above every ballot it may have voted at (each had
@@ -391,7 +394,7 @@ export function fenceBallot(self: MemberId, answers: Iterable<Pick<RejoinAnswer,
 }
 
 /** What a rejoining member starts with: the highest of its answerers' promises and instances. */
-export function rejoinState(answers: Iterable<Omit<RejoinAnswer, "established">>): {
+export function rejoinState(answers: Iterable<RejoinReport>): {
   promised: Ballot;
   abstainUntil: number;
 } {
@@ -1054,11 +1057,11 @@ export class PaxosCore {
     if (this.fencedBy === null) return;
     for (const name of by) this.fencedBy.add(name);
     this.observeBallot(promised);
-    const batch = this.persistBatch();
     if (compareBallots(promised, this.promised) > 0) {
       this.promised = promised;
-      batch.promised = promised;
+      this.persistPromised();
     }
+    const batch = this.persistBatch();
     this.abstainUntil = Math.max(this.abstainUntil, highestInstance);
     if (this.abstainUntil >= 0) batch.abstainUntil = this.abstainUntil;
     batch.fencedBy = [...this.fencedBy];
@@ -1248,14 +1251,15 @@ export class PaxosCore {
   }
 
   private onReject(ballot: Ballot, promised: Ballot, master: MemberId | null): void {
+    // A refusal's promise may be a ballot no message of ours carried: the next one we pick must
+    // beat it.
+    this.observeBallot(promised);
     const own = this.ownBallot();
     if (own === null || !ballotsEqual(own, ballot)) return;
     if (compareBallots(promised, own) > 0) {
       // A master refused by a higher promise re-runs phase 1 at once with a higher ballot, so a
       // member that campaigned while cut off cannot depose a healthy master. If another master
-      // is really live, the other acceptors refuse us and name it, and we step down then. The
-      // new ballot must beat the refusal's, which no message of ours may have carried.
-      this.observeBallot(promised);
+      // is really live, the other acceptors refuse us and name it, and we step down then.
       if (this.role === "master") this.startElection(false);
       else this.yieldTo(promised, master);
       return;

@@ -28,7 +28,7 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import WebSocket, { WebSocketServer } from "ws";
 import { rejoinAnswersNeeded } from "../paxos/config.js";
-import { fenceBallot, type RejoinAnswer, rejoinState } from "../paxos/core.js";
+import { fenceBallot, type RejoinReport, rejoinState } from "../paxos/core.js";
 import type { Ballot, Member } from "../paxos/types.js";
 import { MEMBER_HEADER } from "../transport/peer-transport.js";
 
@@ -166,7 +166,7 @@ async function askVoters(
  */
 export async function fenceVoters(
   configs: readonly (readonly Member[])[],
-  seen: Omit<RejoinAnswer, "established"> | null,
+  seen: RejoinReport | null,
   opts: { self: string; token?: string; logger: Logger; signal?: AbortSignal },
 ): Promise<Rejoin> {
   const asking = configs.map((members) => ({
@@ -193,7 +193,7 @@ export async function fenceVoters(
   return { ...rejoinState([...known, ...fenced.values()]), from: [...fenced.keys()], fence };
 }
 
-function answerOf(a: GroupAnswer | null): Omit<RejoinAnswer, "established"> | null {
+function answerOf(a: GroupAnswer | null): RejoinReport | null {
   if (!a?.established || a.promised === undefined || a.highestInstance === undefined) return null;
   return { promised: a.promised, highestInstance: a.highestInstance };
 }
@@ -204,9 +204,9 @@ async function gatherEnough(
   askOne: (address: string) => Promise<GroupAnswer>,
   what: string,
   opts: { logger: Logger; signal?: AbortSignal },
-): Promise<Map<string, Omit<RejoinAnswer, "established">>> {
+): Promise<Map<string, RejoinReport>> {
   const voters = new Map(configs.flatMap((c) => c.others.map((m) => [m.name, m.address] as const)));
-  const answered = new Map<string, Omit<RejoinAnswer, "established">>();
+  const answered = new Map<string, RejoinReport>();
   const enough = () => configs.every((c) => c.others.filter((m) => answered.has(m.name)).length >= c.needed);
   let lastLog = performance.now();
   for (;;) {

@@ -486,7 +486,8 @@ export class NodeRuntime implements KvService {
    * reports every vote cast here before the promise, and none at a lower ballot can follow it.
    */
   private async fence(ballot: Ballot): Promise<GroupAnswer> {
-    if (this.closing || !this.core.rejoinAnswer().established) return this.groupAnswer();
+    const before = this.groupAnswer();
+    if (this.closing || !before.established) return before;
     this.core.step({ type: "fence", ballot }, performance.now());
     const answer = this.groupAnswer();
     this.flush();
@@ -935,9 +936,8 @@ async function startingMembership(
   await paxosLog.persist({
     records: [],
     initialConfiguration: membership.config,
-    ...(rejoin === null ? {} : { promised: rejoin.promised }),
+    ...(rejoin === null ? {} : { promised: rejoin.promised, fencedBy: rejoin.from }),
     ...(rejoin !== null && rejoin.abstainUntil >= 0 ? { abstainUntil: rejoin.abstainUntil } : {}),
-    ...(rejoin === null ? {} : { fencedBy: rejoin.from }),
   });
   if (!fresh) {
     log.info(

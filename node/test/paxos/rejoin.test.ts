@@ -44,6 +44,16 @@ class Network {
   private now = 0;
   private nextRequestId = 1;
 
+  /** Five members that have elected a master, and its name. */
+  static withMaster(): { net: Network; m: MemberId } {
+    const net = new Network();
+    for (const name of NAMES) net.start(name, null);
+    net.run(600);
+    const m = net.master();
+    assert.ok(m !== null, "a master is elected");
+    return { net, m };
+  }
+
   start(self: MemberId, recovered: { promised: Ballot; abstainUntil: number } | null): void {
     this.down.delete(self);
     this.executed.set(self, new Map());
@@ -132,11 +142,7 @@ class Network {
 }
 
 test("a vote in flight when the answers were given cannot complete a quorum with the forgotten vote", () => {
-  const net = new Network();
-  for (const name of NAMES) net.start(name, null);
-  net.run(600);
-  const m = net.master();
-  assert.ok(m !== null, "a master is elected");
+  const { net, m } = Network.withMaster();
   // M is the master, N the member that will lose its disk, X the answerer M's retry reaches later.
   const [n, x, y, z] = NAMES.filter((name) => name !== m) as [MemberId, MemberId, MemberId, MemberId];
   for (let i = 0; i < 3; i++) net.write(m);
@@ -271,10 +277,7 @@ test("a configuration learned while catching up that the fenced voters do not co
 });
 
 test("a fenced master runs phase 1 again at once, above the fence, and its write goes through", () => {
-  const net = new Network();
-  for (const name of NAMES) net.start(name, null);
-  net.run(600);
-  const m = net.master()!;
+  const { net, m } = Network.withMaster();
   const fence: Ballot = { counter: net.cores.get(m)!.status().ballot.counter + 5, member: "newcomer" };
   const write = net.write(m);
   net.step(m, { type: "fence", ballot: fence });
@@ -291,10 +294,7 @@ test("a fenced master runs phase 1 again at once, above the fence, and its write
 });
 
 test("a master refused by fenced followers campaigns above the fence it never saw, and wins at once", () => {
-  const net = new Network();
-  for (const name of NAMES) net.start(name, null);
-  net.run(600);
-  const m = net.master()!;
+  const { net, m } = Network.withMaster();
   const fence: Ballot = { counter: net.cores.get(m)!.status().ballot.counter + 50, member: "newcomer" };
   // Three of its four followers promise the fence: no majority is left below it.
   for (const f of NAMES.filter((n) => n !== m).slice(0, 3)) net.step(f, { type: "fence", ballot: fence });
