@@ -49,9 +49,19 @@ export interface Timing {
   electionTimeoutMs: number;
   /** Retransmission interval for unanswered prepares, accepts and learn requests. */
   retryMs: number;
+  /**
+   * How long a master holds an instance back from the voters outside the quorum it asks first
+   * (see "Thrifty accepts" in README.md). 0 sends every accept to every voter at once.
+   */
+  lazyAcceptMs: number;
 }
 
-export const DEFAULT_TIMING: Timing = { heartbeatMs: 100, electionTimeoutMs: 1000, retryMs: 200 };
+export const DEFAULT_TIMING: Timing = {
+  heartbeatMs: 100,
+  electionTimeoutMs: 1000,
+  retryMs: 200,
+  lazyAcceptMs: 10,
+};
 
 export interface CoreOptions {
   self: MemberId;
@@ -271,12 +281,23 @@ interface MasterState {
   /** A read round started, a handover or a new mastership: send the commit notice with this ready. */
   commitDirty: boolean;
   /**
-   * More is chosen than the last commit notice said. Announced with the next accept (one frame,
-   * one wake-up and one synced write on each follower instead of two) or at the next tick: the
-   * client's answer never waits for followers to learn, and a follower's linearizable read starts
-   * a read round, whose notice carries the chosen point.
+   * The chosen point each member's last commit notice carried. More chosen than that is announced
+   * with the next accept to that member (one frame, one wake-up and one synced write instead of
+   * two) or at the next tick: the client's answer never waits for followers to learn, and a
+   * follower's linearizable read starts a read round, whose notice carries the chosen point.
    */
+  readonly announced: Map<MemberId, number>;
+  /** Some member's last notice carried less than `ballotChosenUpTo`: a tick is due. */
   chosenUnannounced: boolean;
+  /**
+   * The voters each instance goes to at once, besides this master: a quorum with it, kept while
+   * they keep up (see "Thrifty accepts" in README.md).
+   */
+  eager: readonly MemberId[];
+  /** The other voters' instances, sent with their next commit notice: as chosen values if chosen by then. */
+  readonly lazy: Map<MemberId, ChosenEntry[]>;
+  /** When each voter last voted for an instance still in flight: who keeps up, for `eager`. */
+  readonly lastVoted: Map<MemberId, number>;
   readSeq: number;
   /**
    * Read confirmation round in progress: its sequence, its reads, the index they will get, and the
@@ -586,11 +607,13 @@ export class PaxosCore {
     this.settleOwnConfig();
     this.settleRejoin();
     const m = this.mastership;
-    if (
-      m !== null &&
-      (m.commitDirty || (m.chosenUnannounced && this.out.sendNow.some((e) => e.message.type === "accept")))
-    )
-      this.sendHeartbeat();
+    if (m?.commitDirty) this.sendHeartbeat();
+    else if (m?.chosenUnannounced) {
+      // Whoever gets an accept this turn hears what is newly chosen in the same frame.
+      const acceptors = new Set(this.out.sendNow.filter((e) => e.message.type === "accept").map((e) => e.to));
+      for (const to of acceptors) this.announce(m, to, false);
+      m.chosenUnannounced = this.notifyTargets().some((v) => (m.announced.get(v) ?? -1) < m.ballotChosenUpTo);
+    }
     const r = this.out;
     this.out = emptyReady();
     return r;
@@ -815,6 +838,10 @@ export class PaxosCore {
       if (m.chosenUnannounced) return this.now;
       at = m.lastHeartbeat + this.timing.heartbeatMs;
       for (const f of m.inFlight.values()) at = Math.min(at, f.sentAt + retry);
+      for (const held of m.lazy.values()) {
+        const f = m.inFlight.get(held[0]!.instance);
+        at = Math.min(at, f === undefined ? this.now : f.sentAt + this.timing.lazyAcceptMs);
+      }
       if (m.readRound !== null) at = Math.min(at, m.readRound.sentAt + retry);
       if (m.handover !== null) at = Math.min(at, m.handover.deadline);
     } else {
@@ -844,7 +871,16 @@ export class PaxosCore {
 
   private masterTick(): void {
     const m = this.mastership!;
-    if (m.chosenUnannounced || this.now - m.lastHeartbeat >= this.timing.heartbeatMs) this.sendHeartbeat();
+    if (this.now - m.lastHeartbeat >= this.timing.heartbeatMs) this.sendHeartbeat();
+    else if (m.chosenUnannounced || m.lazy.size > 0) {
+      for (const v of this.notifyTargets()) this.announce(m, v, false);
+      m.chosenUnannounced = false;
+    }
+    if (m.lazy.size > 0) {
+      // What is held for a voter that has left the group is never sent.
+      const targets = this.notifyTargets();
+      for (const v of m.lazy.keys()) if (!targets.includes(v)) m.lazy.delete(v);
+    }
     for (const [instance, f] of m.inFlight) {
       if (this.now - f.sentAt < this.timing.retryMs) continue;
       f.sentAt = this.now;
@@ -862,14 +898,75 @@ export class PaxosCore {
     m.lastHeartbeat = this.now;
     m.commitDirty = false;
     m.chosenUnannounced = false;
-    const msg: Message = {
+    for (const v of this.notifyTargets()) this.announce(m, v, true);
+  }
+
+  /**
+   * The commit notice to one member, after what was held back from it (see `sendHeld`); without
+   * `always`, only when it tells the member something new.
+   */
+  private announce(m: MasterState, to: MemberId, always: boolean): void {
+    const sentHeld = this.sendHeld(m, to);
+    if (!always && !sentHeld && (m.announced.get(to) ?? -1) >= m.ballotChosenUpTo) return;
+    m.announced.set(to, m.ballotChosenUpTo);
+    this.sendNow(to, {
       type: "commit",
       ballot: m.ballot,
       from: m.ballotFrom,
       to: m.ballotChosenUpTo,
       readSeq: m.readSeq,
-    };
-    for (const v of this.notifyTargets()) this.sendNow(v, msg);
+    });
+  }
+
+  /**
+   * What a voter outside the eager quorum was not sent yet: instances chosen meanwhile go as chosen
+   * values (nothing to vote on or sync there, no answer to handle here), instances still in flight
+   * after lazyAcceptMs as accepts; younger ones wait for the next notice. A late instance means the
+   * eager voters that have not voted for it are not keeping up: they lose their place.
+   */
+  private sendHeld(m: MasterState, to: MemberId): boolean {
+    const held = m.lazy.get(to);
+    if (held === undefined) return false;
+    const chosen: ChosenEntry[] = [];
+    const late: ChosenEntry[] = [];
+    const young: ChosenEntry[] = [];
+    for (const e of held) {
+      const f = m.inFlight.get(e.instance);
+      if (f === undefined) chosen.push(e);
+      else if (this.now - f.sentAt < this.timing.lazyAcceptMs) young.push(e);
+      else {
+        late.push(e);
+        const slow = m.eager.filter((v) => f.voters.includes(v) && !f.acks.has(v));
+        for (const v of slow) m.lastVoted.delete(v);
+        if (slow.length > 0) m.eager = m.eager.filter((v) => !slow.includes(v));
+      }
+    }
+    if (young.length > 0) m.lazy.set(to, young);
+    else m.lazy.delete(to);
+    if (chosen.length > 0)
+      this.sendNow(to, { type: "learnReply", entries: chosen, chosenUpTo: this.chosenUpTo });
+    if (late.length > 0) this.sendNow(to, { type: "accept", ballot: m.ballot, entries: late });
+    return chosen.length > 0 || late.length > 0;
+  }
+
+  /**
+   * The voters of `f`, besides this master, that get it at once: with this master, a quorum. The
+   * last choice stands while it keeps up; otherwise those that promised this ballot and voted most
+   * recently are preferred.
+   */
+  private eagerVoters(m: MasterState, f: InFlight): readonly MemberId[] {
+    const others = f.voters.filter((v) => v !== this.self);
+    const need = f.quorum - 1;
+    if (this.timing.lazyAcceptMs <= 0 || need >= others.length) return others;
+    const kept = m.eager.filter((v) => others.includes(v));
+    if (kept.length >= need) return kept.slice(0, need);
+    const rank = (v: MemberId) => (m.promisers.has(v) ? 0 : 1);
+    const voted = (v: MemberId) => m.lastVoted.get(v) ?? Number.NEGATIVE_INFINITY;
+    const rest = others
+      .filter((v) => !kept.includes(v))
+      .sort((a, b) => rank(a) - rank(b) || voted(b) - voted(a) || (a < b ? -1 : a > b ? 1 : 0));
+    m.eager = [...kept, ...rest.slice(0, need - kept.length)];
+    return m.eager;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1145,7 +1242,11 @@ export class PaxosCore {
       inFlight: new Map(),
       lastHeartbeat: Number.NEGATIVE_INFINITY,
       commitDirty: true,
+      announced: new Map(),
       chosenUnannounced: false,
+      eager: [],
+      lazy: new Map(),
+      lastVoted: new Map(),
       readSeq: 0,
       readRound: null,
       readsWaiting: [],
@@ -1237,6 +1338,7 @@ export class PaxosCore {
     for (const i of instances) {
       const f = m.inFlight.get(i);
       if (f === undefined || !f.voters.includes(from)) continue;
+      m.lastVoted.set(from, this.now);
       f.acks.add(from);
       if (f.acks.size < f.quorum) continue;
       m.inFlight.delete(i);
@@ -1510,10 +1612,18 @@ export class PaxosCore {
       entries.push({ instance: j, value });
     }
     if (entries.length === 0) return;
-    const targets = new Set<MemberId>();
-    for (const e of entries) for (const v of m.inFlight.get(e.instance)!.voters) targets.add(v);
-    const msg: Message = { type: "accept", ballot: m.ballot, entries };
-    for (const v of targets) this.sendNow(v, msg);
+    const now = new Map<MemberId, ChosenEntry[]>();
+    for (const e of entries) {
+      const f = m.inFlight.get(e.instance)!;
+      const eager = this.eagerVoters(m, f);
+      for (const v of f.voters) {
+        const into = v === this.self || eager.includes(v) ? now : m.lazy;
+        const list = into.get(v);
+        if (list === undefined) into.set(v, [e]);
+        else list.push(e);
+      }
+    }
+    for (const [v, list] of now) this.sendNow(v, { type: "accept", ballot: m.ballot, entries: list });
   }
 
   private nextValue(m: MasterState, j: number): Value | null {

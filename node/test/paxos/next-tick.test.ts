@@ -7,7 +7,7 @@ import { test } from "node:test";
 import { PaxosCore } from "../../src/paxos/core.js";
 import { type Envelope, type Message, ZERO_BALLOT } from "../../src/paxos/types.js";
 
-const TIMING = { heartbeatMs: 20, electionTimeoutMs: 100, retryMs: 40 };
+const TIMING = { heartbeatMs: 20, electionTimeoutMs: 100, retryMs: 40, lazyAcceptMs: 10 };
 
 function core(voters: string[]): PaxosCore {
   return new PaxosCore({
@@ -63,7 +63,18 @@ test("a master's next tick is its heartbeat, a retry of what is unanswered, or a
 
   c.step({ type: "propose", requestId: 1, command: new Uint8Array([1]) }, 155);
   const accepts = settle(c, 155).filter((e) => e.message.type === "accept");
-  assert.deepEqual(accepts.map((e) => e.to).sort(), ["m2", "m3"]);
+  assert.deepEqual(
+    accepts.map((e) => e.to),
+    ["m2"],
+    "a quorum with the master: the promiser first, then by name",
+  );
+  assert.equal(c.nextTickAt(), 155 + TIMING.lazyAcceptMs, "the accept held back from m3");
+  c.step({ type: "tick", now: 165 });
+  assert.deepEqual(
+    settle(c, 165).map((e) => `${e.to}:${e.message.type}`),
+    ["m3:accept", "m3:commit"],
+    "unchosen after lazyAcceptMs: m3 gets it to vote on",
+  );
   assert.equal(c.nextTickAt(), 151 + TIMING.heartbeatMs, "the heartbeat comes before the retry");
   for (const now of [171, 191]) {
     c.step({ type: "tick", now });

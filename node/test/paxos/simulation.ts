@@ -78,7 +78,7 @@ export interface SimOptions {
   trace?: (line: string) => void;
 }
 
-const TIMING: Timing = { heartbeatMs: 40, electionTimeoutMs: 250, retryMs: 80 };
+const TIMING: Timing = { heartbeatMs: 40, electionTimeoutMs: 250, retryMs: 80, lazyAcceptMs: 10 };
 const TICK_MS = 10;
 const MAX_TICK_MS = 1000;
 const LEARN_BATCH = 8;
@@ -210,6 +210,8 @@ export function runSimulation(opts: SimOptions): SimResult {
   const trace = opts.trace;
   const queue = new EventQueue();
   const alpha = opts.activationDelay;
+  // One seed in five sends every accept to every voter at once, as lazyAcceptMs 0 configures.
+  const timing: Timing = { ...TIMING, lazyAcceptMs: opts.seed % 5 === 0 ? 0 : TIMING.lazyAcceptMs };
   let now = 0;
   let events = 0;
   const founders = Array.from({ length: opts.members }, (_, i) => `m${i + 1}`);
@@ -360,7 +362,7 @@ export function runSimulation(opts: SimOptions): SimResult {
       random: () => rng.next(),
       now: localTime(m),
       recovered: { promised: m.durable.promised, chosenUpTo: m.durable.chosenUpTo, unchosen },
-      timing: TIMING,
+      timing,
       window: WINDOW,
       ...(alpha !== undefined ? { activationDelay: alpha } : {}),
       maxBatchCommands: 16,
