@@ -174,11 +174,12 @@ export async function fenceVoters(
     needed: rejoinAnswersNeeded({ members }),
   }));
   if (asking.some((c) => c.others.length < c.needed)) {
-    // Only a single-voter group gets here: its one voter lost its state, and nobody can say
-    // what it had promised or chosen. Starting anyway could undo acknowledged writes.
+    // Only a configuration with a single voter gets here: that voter lost its state, and nobody can
+    // say what it had promised or chosen. Voting anyway could undo acknowledged writes. At start-up
+    // the member refuses to start; a rejoining member that learns of such a configuration abstains.
     throw new Error(
       `${opts.self} is the only voter of a running group and has no state: what it had chosen is ` +
-        "lost unless a learner holds it; refusing to start rather than decide those instances again",
+        "lost unless a learner holds it, and it must not decide those instances again",
     );
   }
   const known = seen === null ? [] : [seen];
