@@ -872,15 +872,7 @@ export class PaxosCore {
   private masterTick(): void {
     const m = this.mastership!;
     if (this.now - m.lastHeartbeat >= this.timing.heartbeatMs) this.sendHeartbeat();
-    else if (m.chosenUnannounced || m.lazy.size > 0) {
-      for (const v of this.notifyTargets()) this.announce(m, v, false);
-      m.chosenUnannounced = false;
-    }
-    if (m.lazy.size > 0) {
-      // What is held for a voter that has left the group is never sent.
-      const targets = this.notifyTargets();
-      for (const v of m.lazy.keys()) if (!targets.includes(v)) m.lazy.delete(v);
-    }
+    else if (m.chosenUnannounced || m.lazy.size > 0) this.announceAll(m, false);
     for (const [instance, f] of m.inFlight) {
       if (this.now - f.sentAt < this.timing.retryMs) continue;
       f.sentAt = this.now;
@@ -897,8 +889,15 @@ export class PaxosCore {
     const m = this.mastership!;
     m.lastHeartbeat = this.now;
     m.commitDirty = false;
+    this.announceAll(m, true);
+  }
+
+  private announceAll(m: MasterState, always: boolean): void {
+    const targets = this.notifyTargets();
+    for (const v of targets) this.announce(m, v, always);
     m.chosenUnannounced = false;
-    for (const v of this.notifyTargets()) this.announce(m, v, true);
+    // What is held for a voter that has left the group is never sent.
+    for (const v of m.lazy.keys()) if (!targets.includes(v)) m.lazy.delete(v);
   }
 
   /**
