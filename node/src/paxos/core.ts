@@ -217,6 +217,11 @@ export interface Ready {
    * once until then.
    */
   fenceNeeded: Configuration[] | null;
+  /**
+   * Instances a master sent to a lazy voter as accepts, still unchosen after lazyAcceptMs: its
+   * eager voters did not keep up (see "Thrifty accepts" in README.md).
+   */
+  lateAccepts: number;
 }
 
 export type CoreEvent =
@@ -441,6 +446,7 @@ function emptyReady(): Ready {
     adminDone: [],
     adminFailed: [],
     fenceNeeded: null,
+    lateAccepts: 0,
   };
 }
 
@@ -944,7 +950,10 @@ export class PaxosCore {
     else m.lazy.delete(to);
     if (chosen.length > 0)
       this.sendNow(to, { type: "learnReply", entries: chosen, chosenUpTo: this.chosenUpTo });
-    if (late.length > 0) this.sendNow(to, { type: "accept", ballot: m.ballot, entries: late });
+    if (late.length > 0) {
+      this.sendNow(to, { type: "accept", ballot: m.ballot, entries: late });
+      this.out.lateAccepts += late.length;
+    }
     return chosen.length > 0 || late.length > 0;
   }
 

@@ -368,6 +368,7 @@ export class NodeRuntime implements KvService {
     for (const r of rd.readsReady) this.localReads.resolve(r.requestId, r.index);
     for (const d of rd.adminDone) this.adminRequests.resolve(d.requestId, d.instance);
     if (rd.fenceNeeded !== null) this.fenceMore(rd.fenceNeeded);
+    if (rd.lateAccepts > 0) this.opts.metrics.lateAccepts.inc(rd.lateAccepts);
     for (const f of rd.adminFailed)
       this.adminRequests.reject(f.requestId, new AdminRefusal(f.reason, f.message));
     const persisted =

@@ -39,6 +39,11 @@ export interface Metrics {
   readonly rejectedFrames: Counter<"peer" | "reason">;
   /** paxos_dropped_messages_total{peer}: messages dropped because a send queue was full. */
   readonly droppedMessages: Counter<"peer">;
+  /**
+   * paxos_late_accepts_total: instances a master sent to a voter outside its eager quorum because
+   * they were still unchosen after lazyAcceptMs (the eager followers did not keep up).
+   */
+  readonly lateAccepts: Counter;
   /** paxos_instance_chosen: highest instance chosen here. */
   readonly instanceChosen: Gauge;
   /** paxos_instance_executed: highest instance executed by the state machine here. */
@@ -160,6 +165,11 @@ export function createMetrics(labels: { member: string; group: string }): Metric
       name: "paxos_dropped_messages_total",
       help: "Messages to a peer dropped because its send queue was full",
       labelNames: ["peer"] as const,
+      registers,
+    }),
+    lateAccepts: new Counter({
+      name: "paxos_late_accepts_total",
+      help: "Instances a master sent to a voter outside its eager quorum because they were still unchosen after lazyAcceptMs",
       registers,
     }),
     instanceChosen: new Gauge({

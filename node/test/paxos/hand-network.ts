@@ -34,6 +34,8 @@ export class Network {
   private readonly inbox: { from: MemberId; env: Envelope }[] = [];
   /** Every message sent, in order: sender, receiver and the message. */
   readonly sent: { from: MemberId; env: Envelope }[] = [];
+  /** Ready.lateAccepts summed over every member. */
+  lateAccepts = 0;
   private now = 0;
   private nextRequestId = 1;
 
@@ -84,6 +86,7 @@ export class Network {
     const core = this.cores.get(name)!;
     core.step(event, this.now);
     const rd = core.ready();
+    this.lateAccepts += rd.lateAccepts;
     for (const env of [...rd.sendNow, ...rd.send]) {
       this.inbox.push({ from: name, env });
       this.sent.push({ from: name, env });

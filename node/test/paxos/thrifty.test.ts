@@ -49,6 +49,7 @@ test("a write goes at once to a quorum; the other voters get the chosen value, w
   );
   for (const name of followers)
     assert.equal(net.executed.get(name)!.get(instance), net.executed.get(m)!.get(instance));
+  assert.equal(net.lateAccepts, 0);
 });
 
 test("a follower that stops answering loses its place to one that answers", () => {
@@ -63,8 +64,10 @@ test("a follower that stops answering loses its place to one that answers", () =
   const stalled = net.write(m);
   net.deliver();
   assert.ok(!net.acknowledged.has(stalled), "chosen without the eager follower's vote");
+  const late = net.lateAccepts;
   net.run(TICK_MS);
   assert.ok(net.acknowledged.has(stalled), "not chosen once the accept went to the other follower");
+  assert.equal(net.lateAccepts - late, 1, "one late accept reported");
 
   mark = net.sent.length;
   const next = net.write(m);

@@ -546,6 +546,7 @@ describe("status, probes, metrics and unknown routes", () => {
       "paxos_peer_link_up",
       "paxos_rejected_frames_total",
       "paxos_dropped_messages_total",
+      "paxos_late_accepts_total",
       "paxos_instance_chosen",
       "paxos_instance_executed",
       "paxos_http_requests_total",

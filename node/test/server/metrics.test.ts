@@ -26,6 +26,7 @@ test("every instrument is registered under its stable name, labelled with member
   m.peerLinkUp.set({ peer: "kv-0" }, 1);
   m.rejectedFrames.inc({ peer: "kv-2", reason: "checksum" });
   m.droppedMessages.inc({ peer: "kv-2" });
+  m.lateAccepts.inc(2);
   m.instanceChosen.set(42);
   m.instanceExecuted.set(41);
   m.memberLag.set({ peer: "kv-2" }, 7);
@@ -46,6 +47,7 @@ test("every instrument is registered under its stable name, labelled with member
     ["paxos_peer_link_up", { ...own, peer: "kv-0" }, 1],
     ["paxos_rejected_frames_total", { ...own, peer: "kv-2", reason: "checksum" }, 1],
     ["paxos_dropped_messages_total", { ...own, peer: "kv-2" }, 1],
+    ["paxos_late_accepts_total", own, 2],
     ["paxos_instance_chosen", own, 42],
     ["paxos_instance_executed", own, 41],
     ["paxos_member_lag", { ...own, peer: "kv-2" }, 7],
