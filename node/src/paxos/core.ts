@@ -1620,18 +1620,18 @@ export class PaxosCore {
       entries.push({ instance: j, value });
     }
     if (entries.length === 0) return;
-    const now = new Map<MemberId, ChosenEntry[]>();
+    const atOnce = new Map<MemberId, ChosenEntry[]>();
     for (const e of entries) {
       const f = m.inFlight.get(e.instance)!;
       const eager = this.eagerVoters(m, f);
       for (const v of f.voters) {
-        const into = v === this.self || eager.includes(v) ? now : m.lazy;
+        const into = v === this.self || eager.includes(v) ? atOnce : m.lazy;
         const list = into.get(v);
         if (list === undefined) into.set(v, [e]);
         else list.push(e);
       }
     }
-    for (const [v, list] of now) this.sendNow(v, { type: "accept", ballot: m.ballot, entries: list });
+    for (const [v, list] of atOnce) this.sendNow(v, { type: "accept", ballot: m.ballot, entries: list });
   }
 
   private nextValue(m: MasterState, j: number): Value | null {
