@@ -8,6 +8,8 @@ const MEMBER = resolve(import.meta.dirname, "reference-member.js");
 
 export interface ReferenceSystem {
   readonly port: number;
+  /** Its processes, the one answering on `port` first. */
+  readonly processes: readonly Managed[];
   stop(): Promise<void>;
 }
 
@@ -48,6 +50,7 @@ export async function startReferenceGroup(baseDir: string): Promise<ReferenceSys
   await answering(httpPort, all, "the reference master");
   return {
     port: httpPort,
+    processes: all,
     async stop() {
       await stop(master);
       await Promise.all(followers.map((f) => stop(f)));
@@ -65,7 +68,7 @@ export async function startBareServer(baseDir: string): Promise<ReferenceSystem>
     join(baseDir, "bare.log"),
   );
   await answering(port, [server], "the bare HTTP server");
-  return { port, stop: () => stop(server) };
+  return { port, processes: [server], stop: () => stop(server) };
 }
 
 export const referencePut: RequestFactory = (key, value) => ({
