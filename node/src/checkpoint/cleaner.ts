@@ -59,7 +59,10 @@ export interface LogCleanerOptions {
   now?: () => number;
   /** Most log records deleted per run. Default 2000. */
   batchSize?: number;
-  /** Pause between runs of start()'s loop. Default 100 ms. */
+  /**
+   * Pause between runs of start()'s loop while they delete. Default 100 ms. After a run that deleted
+   * nothing the loop waits at least IDLE_INTERVAL_MS.
+   */
   intervalMs?: number;
   /** Records deleted between two compactions; a run of deletions that ends is compacted too. Default 50 000. */
   compactEvery?: number;
@@ -73,6 +76,11 @@ const DEFAULT_INTERVAL_MS = 100;
 const DEFAULT_COMPACT_EVERY = 50_000;
 /** Asking RocksDB for the log's size is cheap but not free: the valve looks at most this often. */
 const SIZE_CHECK_INTERVAL_MS = 5000;
+/**
+ * Between runs with nothing to delete. The bound moves when a checkpoint is made, seconds or minutes
+ * apart, so an idle member need not wake ten times a second to find it unchanged.
+ */
+const IDLE_INTERVAL_MS = 1000;
 /** After a failed run the loop waits this long, so that a lasting failure does not flood the log. */
 const RETRY_AFTER_FAILURE_MS = 5000;
 
@@ -255,7 +263,10 @@ export class LogCleaner {
     });
   }
 
-  /** Runs runOnce() every intervalMs (after the previous run ended) until close(). */
+  /**
+   * Runs runOnce() until close(), intervalMs after a run that deleted and IDLE_INTERVAL_MS after one
+   * that did not (each counted from the end of the previous run).
+   */
   start(): void {
     if (this.closed) throw new Error("LogCleaner.start() called after close()");
     if (this.timer === undefined) this.schedule(this.intervalMs);
@@ -264,7 +275,9 @@ export class LogCleaner {
   private schedule(delay: number): void {
     this.timer = setTimeout(() => {
       this.runOnce().then(
-        () => this.closed || this.schedule(this.intervalMs),
+        (deleted) =>
+          this.closed ||
+          this.schedule(deleted > 0 ? this.intervalMs : Math.max(this.intervalMs, IDLE_INTERVAL_MS)),
         (err: unknown) => {
           if (this.closed) return;
           this.logger.error({ err }, "log cleaner run failed; retrying");
