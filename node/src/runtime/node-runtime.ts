@@ -379,9 +379,13 @@ export class NodeRuntime implements KvService {
           })
         : null;
     // A chosen value is already durable on a quorum, so executing it need not wait for our own
-    // chosen mark to be synced: that keeps one fsync, not two, on a write's critical path.
+    // chosen mark to be synced: that keeps one fsync, not two, on a write's critical path. Values no
+    // client of ours waits for are executed after this turn's messages are out: a follower learns
+    // them from the accept of the next write, and its vote for that one is what the master awaits.
     if (rd.committed.length > 0) {
-      this.execution = this.execution.then(() => this.execute(rd.committed)).catch((e) => this.fatal(e));
+      const clientsWait = rd.committed.some((c) => c.requestIds !== null);
+      const turnDone = clientsWait ? this.execution : this.execution.then(afterThisTurn);
+      this.execution = turnDone.then(() => this.execute(rd.committed)).catch((e) => this.fatal(e));
     }
     if (persisted !== null || rd.send.length > 0 || rd.loads.length > 0) {
       this.pipeline = this.pipeline
@@ -1006,4 +1010,9 @@ async function initialMembership(
   const addresses = new Map(members.filter((m) => m.address !== "").map((m) => [m.name, m.address]));
   if (own !== "" && !addresses.has(opts.member)) addresses.set(opts.member, own);
   return { membership: { config: { members }, addresses }, rejoin: found.rejoin };
+}
+
+/** Resolves in the check phase of this loop iteration, once the callbacks and ticks of this one are done. */
+function afterThisTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
