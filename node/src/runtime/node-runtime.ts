@@ -1012,7 +1012,7 @@ async function initialMembership(
   return { membership: { config: { members }, addresses }, rejoin: found.rejoin };
 }
 
-/** Resolves in the check phase of this loop iteration, once the callbacks and ticks of this one are done. */
+/** Resolves from a setImmediate callback: after the I/O callbacks now running and their ticks. */
 function afterThisTurn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
