@@ -4,6 +4,7 @@
 
 import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
+import { setImmediate as afterIoCallbacks } from "node:timers/promises";
 import type { Logger } from "pino";
 import { CheckpointStore } from "../checkpoint/checkpoint-store.js";
 import { applyPendingInstall, restoreFromLocalCheckpoint } from "../checkpoint/install.js";
@@ -384,7 +385,7 @@ export class NodeRuntime implements KvService {
     // them from the accept of the next write, and its vote for that one is what the master awaits.
     if (rd.committed.length > 0) {
       const clientsWait = rd.committed.some((c) => c.requestIds !== null);
-      const turnDone = clientsWait ? this.execution : this.execution.then(afterThisTurn);
+      const turnDone = clientsWait ? this.execution : this.execution.then(() => afterIoCallbacks());
       this.execution = turnDone.then(() => this.execute(rd.committed)).catch((e) => this.fatal(e));
     }
     if (persisted !== null || rd.send.length > 0 || rd.loads.length > 0) {
@@ -1010,9 +1011,4 @@ async function initialMembership(
   const addresses = new Map(members.filter((m) => m.address !== "").map((m) => [m.name, m.address]));
   if (own !== "" && !addresses.has(opts.member)) addresses.set(opts.member, own);
   return { membership: { config: { members }, addresses }, rejoin: found.rejoin };
-}
-
-/** Resolves from a setImmediate callback: after the I/O callbacks now running and their ticks. */
-function afterThisTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
